@@ -1,0 +1,130 @@
+//! The Prometheus metrics of DESIGN.md's contract. Names are a contract: extend,
+//! never rename.
+
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+/// Every metric the relay exports, registered in its own registry (so two relays
+/// can run in one test process).
+pub struct Metrics {
+    registry: Registry,
+    /// `breakwater_queue_depth`
+    pub queue_depth: IntGauge,
+    /// `breakwater_queue_oldest_age_seconds`
+    pub queue_oldest_age_seconds: IntGauge,
+    /// `breakwater_messages_received_total`
+    pub messages_received: IntCounter,
+    /// `breakwater_messages_delivered_total`
+    pub messages_delivered: IntCounter,
+    /// `breakwater_messages_bounced_total`
+    pub messages_bounced: IntCounter,
+    /// `breakwater_delivery_attempts_total{backend,result}`
+    pub delivery_attempts: IntCounterVec,
+    /// `breakwater_backend_up{backend}`
+    pub backend_up: IntGaugeVec,
+    /// `breakwater_quiet_time_active`
+    pub quiet_time_active: IntGauge,
+    /// `breakwater_journal_bytes`
+    pub journal_bytes: IntGauge,
+    /// `breakwater_smtp_sessions_active`
+    pub smtp_sessions_active: IntGauge,
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let delivery_attempts = IntCounterVec::new(
+            Opts::new(
+                "breakwater_delivery_attempts_total",
+                "Delivery attempts per backend; result = delivered, deferred, failed",
+            ),
+            &["backend", "result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_attempts.clone()))
+            .expect("unique metric");
+        let backend_up = IntGaugeVec::new(
+            Opts::new(
+                "breakwater_backend_up",
+                "1 if the last health probe succeeded",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(backend_up.clone()))
+            .expect("unique metric");
+        Metrics {
+            queue_depth: gauge(
+                "breakwater_queue_depth",
+                "Messages in the journal not yet fully delivered",
+            ),
+            queue_oldest_age_seconds: gauge(
+                "breakwater_queue_oldest_age_seconds",
+                "Age of the oldest undelivered message (0 if none)",
+            ),
+            messages_received: counter(
+                "breakwater_messages_received_total",
+                "Messages accepted with 250",
+            ),
+            messages_delivered: counter(
+                "breakwater_messages_delivered_total",
+                "Messages fully delivered to a backend",
+            ),
+            messages_bounced: counter(
+                "breakwater_messages_bounced_total",
+                "Messages given up on, DSN sent",
+            ),
+            delivery_attempts,
+            backend_up,
+            quiet_time_active: gauge(
+                "breakwater_quiet_time_active",
+                "1 while any quiet-time window or admin hold is active",
+            ),
+            journal_bytes: gauge(
+                "breakwater_journal_bytes",
+                "Bytes used by the journal on disk",
+            ),
+            smtp_sessions_active: gauge(
+                "breakwater_smtp_sessions_active",
+                "Open inbound SMTP sessions",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts one delivery attempt result (`delivered`, `deferred`, `failed`).
+    pub fn attempt(&self, backend: &str, result: &str) {
+        self.delivery_attempts
+            .with_label_values(&[backend, result])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}

@@ -1,0 +1,90 @@
+//! Admin HTTP: `/metrics` (Prometheus), `/healthz`, `/readyz` and the `/api`
+//! used by `breakwater queue ...`.
+
+pub mod metrics;
+
+use crate::delivery::Queue;
+use crate::journal::Journal;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode};
+use metrics::Metrics;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What the admin endpoints read and drive.
+pub struct State {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Journal (size, health).
+    pub journal: Journal,
+    /// Dispatcher handle (flush).
+    pub queue: Queue,
+    /// Shutdown token (readiness).
+    pub shutdown: CancellationToken,
+}
+
+/// Serves admin HTTP until shutdown.
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("admin accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = state.shutdown.cancelled() => return,
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+fn route<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            state
+                .metrics
+                .journal_bytes
+                .set(state.journal.file_bytes() as i64);
+            text(StatusCode::OK, state.metrics.render())
+        }
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n".into()),
+        (&Method::GET, "/readyz") => {
+            if state.shutdown.is_cancelled() {
+                text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
+            } else if !state.journal.is_healthy() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "journal unhealthy\n".into(),
+                )
+            } else {
+                text(StatusCode::OK, "ready\n".into())
+            }
+        }
+        (&Method::POST, "/api/queue/flush") => {
+            state.queue.flush();
+            text(StatusCode::OK, "{\"flushed\":true}\n".into())
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,740 @@
+//! Configuration: the TOML contract of DESIGN.md, its defaults, and validation.
+//!
+//! Parsing (`serde`, `deny_unknown_fields`) rejects unknown keys and wrong types;
+//! [`Config::validate`] then reports every semantic problem at once, each with the
+//! key path it concerns (`backend[1].address`, `quiet_time[0].timezone`).
+
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything that can be wrong with a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema (unknown key, wrong type ...).
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// The file parsed but some values are unusable; every problem is listed.
+    #[error("{}", .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One validation problem: the key path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path in the file, e.g. `backend[0].address`.
+    pub key: String,
+    /// What is wrong, in words an admin can act on.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// A duration written as `30s`, `5m`, `2h`, `5d` (or `250ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Dur(pub Duration);
+
+impl Dur {
+    /// Parses `<number><unit>` with unit one of `ms`, `s`, `m`, `h`, `d`.
+    pub fn parse(s: &str) -> Result<Dur, String> {
+        let s = s.trim();
+        let split = s
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(|| format!("duration {s:?} has no unit (use e.g. 30s, 5m, 2h, 5d)"))?;
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("duration {s:?} does not start with a number"))?;
+        let ms = match unit {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => {
+                return Err(format!(
+                    "duration {s:?}: unknown unit {unit:?} (ms, s, m, h, d)"
+                ));
+            }
+        };
+        n.checked_mul(ms)
+            .map(|ms| Dur(Duration::from_millis(ms)))
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Dur::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}s", self.0.as_secs_f64())
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Our name: banner, EHLO reply, `Received:` header, HELO to backends.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// Inbound SMTP.
+    #[serde(default)]
+    pub smtp: Smtp,
+    /// The durable queue.
+    #[serde(default)]
+    pub journal: Journal,
+    /// Which recipients we accept.
+    #[serde(default)]
+    pub relay: Relay,
+    /// Where mail goes; at least one.
+    #[serde(default)]
+    pub backend: Vec<Backend>,
+    /// Retry and concurrency of delivery.
+    #[serde(default)]
+    pub delivery: Delivery,
+    /// Backend health probes.
+    #[serde(default)]
+    pub health: Health,
+    /// Maintenance windows during which mail is held.
+    #[serde(default)]
+    pub quiet_time: Vec<QuietTime>,
+    /// Bounce (DSN) routing.
+    #[serde(default)]
+    pub bounce: Bounce,
+    /// Admin HTTP endpoint.
+    #[serde(default)]
+    pub admin: Admin,
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+
+/// `[smtp]`: the inbound listener and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Smtp {
+    /// Addresses to listen on (`host:port`).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Largest message accepted, in bytes; advertised in EHLO SIZE.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: u64,
+    /// Most recipients per transaction; more get `452 4.5.3`.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Most concurrent inbound sessions; more get `421 4.3.2`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// How long a client may stay silent before `421 4.4.2` (RFC 5321: at least 5m).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Dur,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["127.0.0.1:2525".into()]
+}
+fn default_max_message_size() -> u64 {
+    52_428_800
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_idle_timeout() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        Smtp {
+            listen: default_listen(),
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
+        }
+    }
+}
+
+/// `[journal]`: where and how much we store.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    /// Directory holding the journal file.
+    #[serde(default = "default_journal_path")]
+    pub path: PathBuf,
+    /// Message bytes the journal may hold; beyond it clients get `452 4.3.1`.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_journal_path() -> PathBuf {
+    "/var/lib/breakwater".into()
+}
+fn default_max_bytes() -> u64 {
+    10_737_418_240
+}
+
+impl Default for Journal {
+    fn default() -> Self {
+        Journal {
+            path: default_journal_path(),
+            max_bytes: default_max_bytes(),
+        }
+    }
+}
+
+/// `[relay]`: the domains we are MX for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    /// Recipient domains accepted from anyone. `.example.com` also matches subdomains
+    /// (Postfix `relay_domains` style); `example.com` matches only itself.
+    #[serde(default)]
+    pub domains: Vec<String>,
+}
+
+/// TLS policy towards a backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsPolicy {
+    /// Plain SMTP.
+    #[default]
+    None,
+    /// STARTTLS if offered.
+    Opportunistic,
+    /// STARTTLS or no delivery.
+    Required,
+}
+
+/// `[[backend]]`: one next hop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// Label used in logs and metrics.
+    pub name: String,
+    /// `host:port` of the mail server.
+    pub address: String,
+    /// Lower is preferred; equal priorities share the load.
+    #[serde(default = "default_priority")]
+    pub priority: u32,
+    /// TLS towards this backend.
+    #[serde(default)]
+    pub tls: TlsPolicy,
+    /// Connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Timeout for each command reply (and the whole DATA transfer).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Dur,
+    /// Most connections to this backend at once (default: `delivery.concurrency`).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+impl Backend {
+    /// A backend with this name and default settings (address `127.0.0.1:25`).
+    pub fn named(name: &str) -> Backend {
+        Backend {
+            name: name.into(),
+            address: "127.0.0.1:25".into(),
+            priority: default_priority(),
+            tls: TlsPolicy::None,
+            connect_timeout: default_connect_timeout(),
+            command_timeout: default_command_timeout(),
+            max_connections: None,
+        }
+    }
+}
+
+fn default_priority() -> u32 {
+    10
+}
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_command_timeout() -> Dur {
+    Dur(Duration::from_secs(120))
+}
+
+/// `[delivery]`: retry schedule and parallelism.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delivery {
+    /// Delay before each retry; the last step repeats.
+    #[serde(default = "default_retry")]
+    pub retry: Vec<Dur>,
+    /// After this, undelivered recipients are bounced.
+    #[serde(default = "default_max_queue_lifetime")]
+    pub max_queue_lifetime: Dur,
+    /// Most deliveries in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Most messages per second while draining a backlog (unset: unlimited).
+    #[serde(default)]
+    pub drain_rate: Option<f64>,
+    /// Send a delay warning DSN after this long (unset: never).
+    #[serde(default)]
+    pub delay_warning: Option<Dur>,
+    /// Grace period for in-flight deliveries at shutdown.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+fn default_retry() -> Vec<Dur> {
+    ["1m", "5m", "15m", "1h"]
+        .iter()
+        .map(|s| Dur::parse(s).expect("valid default"))
+        .collect()
+}
+fn default_max_queue_lifetime() -> Dur {
+    Dur(Duration::from_secs(5 * 86_400))
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_shutdown_grace() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            retry: default_retry(),
+            max_queue_lifetime: default_max_queue_lifetime(),
+            concurrency: default_concurrency(),
+            drain_rate: None,
+            delay_warning: None,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+/// `[health]`: backend probes (implemented by the continuity work).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Health {
+    /// Time between probes.
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    /// Time a probe may take.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    /// Consecutive failures before a backend counts as down.
+    #[serde(default = "default_fall_rise")]
+    pub fall: u32,
+    /// Consecutive successes before a backend counts as up again.
+    #[serde(default = "default_fall_rise")]
+    pub rise: u32,
+}
+
+fn default_health_interval() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_health_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_fall_rise() -> u32 {
+    2
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            interval: default_health_interval(),
+            timeout: default_health_timeout(),
+            fall: default_fall_rise(),
+            rise: default_fall_rise(),
+        }
+    }
+}
+
+/// `[[quiet_time]]`: a recurring (`days`/`start`/`end`/`timezone`) or one-off
+/// (`from`/`until`) maintenance window.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietTime {
+    /// Label for logs.
+    pub name: String,
+    /// IANA time zone of a recurring window (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Days a recurring window starts on (`mon` .. `sun`; empty = every day).
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Local start time `HH:MM` of a recurring window.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Local end time `HH:MM`; before `start` means the window crosses midnight.
+    #[serde(default)]
+    pub end: Option<String>,
+    /// RFC 3339 start of a one-off window.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// RFC 3339 end of a one-off window.
+    #[serde(default)]
+    pub until: Option<String>,
+    /// Backends the window applies to (default: all).
+    #[serde(default)]
+    pub backends: Vec<String>,
+}
+
+/// `[bounce]`: how DSNs leave.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Bounce {
+    /// Smart host for DSNs (`host:port`); unset = the sender domain's MX.
+    #[serde(default)]
+    pub relay: Option<String>,
+}
+
+/// `[admin]`: metrics, health endpoints and the admin API.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Admin {
+    /// `host:port` of the admin HTTP listener.
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9925".into()
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            Error::Parse { message, .. } => Error::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, Error> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })?;
+        let problems = config.validate();
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(Error::Invalid(problems))
+        }
+    }
+
+    /// Every semantic problem in the configuration, each with its key path.
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut p = Problems::default();
+        if self.hostname.trim().is_empty() || self.hostname.contains(char::is_whitespace) {
+            p.add("hostname", "must be a host name without spaces");
+        }
+        self.validate_smtp(&mut p);
+        if self.journal.max_bytes == 0 {
+            p.add("journal.max_bytes", "must be greater than 0");
+        }
+        if self.relay.domains.is_empty() {
+            p.add(
+                "relay.domains",
+                "must list at least one domain (the domains this relay is MX for)",
+            );
+        }
+        for (i, d) in self.relay.domains.iter().enumerate() {
+            let bare = d.strip_prefix('.').unwrap_or(d);
+            if bare.is_empty() || bare.contains(['@', ' ', '/', ':']) {
+                p.add(
+                    format!("relay.domains[{i}]"),
+                    format!("{d:?} is not a domain"),
+                );
+            }
+        }
+        self.validate_backends(&mut p);
+        self.validate_delivery(&mut p);
+        self.validate_health(&mut p);
+        for (i, q) in self.quiet_time.iter().enumerate() {
+            for problem in crate::schedule::validate(q, &self.backend) {
+                p.add(format!("quiet_time[{i}].{}", problem.key), problem.message);
+            }
+        }
+        if let Some(r) = &self.bounce.relay {
+            check_host_port(&mut p, "bounce.relay", r);
+        }
+        if self.admin.listen.parse::<SocketAddr>().is_err() {
+            p.add(
+                "admin.listen",
+                format!("{:?} is not ip:port", self.admin.listen),
+            );
+        }
+        p.0
+    }
+
+    fn validate_smtp(&self, p: &mut Problems) {
+        if self.smtp.listen.is_empty() {
+            p.add("smtp.listen", "must list at least one address");
+        }
+        for (i, l) in self.smtp.listen.iter().enumerate() {
+            if l.parse::<SocketAddr>().is_err() {
+                p.add(format!("smtp.listen[{i}]"), format!("{l:?} is not ip:port"));
+            }
+        }
+        if self.smtp.max_message_size < 1024 {
+            p.add("smtp.max_message_size", "must be at least 1024 bytes");
+        }
+        if self.smtp.max_recipients == 0 {
+            p.add(
+                "smtp.max_recipients",
+                "must be at least 1 (RFC 5321 wants 100)",
+            );
+        }
+        if self.smtp.max_connections == 0 {
+            p.add("smtp.max_connections", "must be at least 1");
+        }
+        if self.smtp.idle_timeout.0 < Duration::from_secs(1) {
+            p.add(
+                "smtp.idle_timeout",
+                "must be at least 1s (RFC 5321 suggests 5m)",
+            );
+        }
+    }
+
+    fn validate_backends(&self, p: &mut Problems) {
+        if self.backend.is_empty() {
+            p.add("backend", "at least one [[backend]] is required");
+        }
+        for (i, b) in self.backend.iter().enumerate() {
+            if b.name.trim().is_empty() {
+                p.add(format!("backend[{i}].name"), "must not be empty");
+            }
+            if self.backend[..i].iter().any(|o| o.name == b.name) {
+                p.add(
+                    format!("backend[{i}].name"),
+                    format!("{:?} is used twice", b.name),
+                );
+            }
+            check_host_port(p, &format!("backend[{i}].address"), &b.address);
+            if b.max_connections == Some(0) {
+                p.add(
+                    format!("backend[{i}].max_connections"),
+                    "must be at least 1",
+                );
+            }
+            if b.connect_timeout.0.is_zero() {
+                p.add(
+                    format!("backend[{i}].connect_timeout"),
+                    "must be greater than 0",
+                );
+            }
+            if b.command_timeout.0.is_zero() {
+                p.add(
+                    format!("backend[{i}].command_timeout"),
+                    "must be greater than 0",
+                );
+            }
+        }
+    }
+
+    fn validate_delivery(&self, p: &mut Problems) {
+        let d = &self.delivery;
+        if d.retry.is_empty() {
+            p.add("delivery.retry", "must list at least one delay");
+        }
+        for (i, r) in d.retry.iter().enumerate() {
+            if r.0.is_zero() {
+                p.add(format!("delivery.retry[{i}]"), "must be greater than 0");
+            }
+        }
+        if d.max_queue_lifetime.0.is_zero() {
+            p.add("delivery.max_queue_lifetime", "must be greater than 0");
+        }
+        if d.concurrency == 0 {
+            p.add("delivery.concurrency", "must be at least 1");
+        }
+        if let Some(rate) = d.drain_rate
+            && !(rate.is_finite() && rate > 0.0)
+        {
+            p.add(
+                "delivery.drain_rate",
+                "must be a positive number of messages per second",
+            );
+        }
+    }
+
+    fn validate_health(&self, p: &mut Problems) {
+        let h = &self.health;
+        if h.interval.0.is_zero() {
+            p.add("health.interval", "must be greater than 0");
+        }
+        if h.timeout.0.is_zero() {
+            p.add("health.timeout", "must be greater than 0");
+        }
+        if h.fall == 0 {
+            p.add("health.fall", "must be at least 1");
+        }
+        if h.rise == 0 {
+            p.add("health.rise", "must be at least 1");
+        }
+    }
+
+    /// True if `domain` (any case) is one we relay for.
+    pub fn is_relay_domain(&self, domain: &str) -> bool {
+        let domain = domain.trim_end_matches('.');
+        self.relay
+            .domains
+            .iter()
+            .any(|d| match d.strip_prefix('.') {
+                Some(parent) => {
+                    domain.len() > parent.len()
+                        && domain[domain.len() - parent.len()..].eq_ignore_ascii_case(parent)
+                        && domain.as_bytes()[domain.len() - parent.len() - 1] == b'.'
+                }
+                None => d.trim_end_matches('.').eq_ignore_ascii_case(domain),
+            })
+    }
+}
+
+fn check_host_port(p: &mut Problems, key: &str, value: &str) {
+    let ok = value
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
+    if !ok {
+        p.add(key, format!("{value:?} is not host:port"));
+    }
+}
+
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn add(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [relay]
+        domains = ["example.com"]
+        [[backend]]
+        name = "primary"
+        address = "127.0.0.1:25"
+    "#;
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.smtp.max_message_size, 52_428_800);
+        assert_eq!(c.delivery.retry.len(), 4);
+        assert_eq!(c.delivery.concurrency, 16);
+        assert_eq!(c.smtp.idle_timeout.0, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(Dur::parse("30s").unwrap().0, Duration::from_secs(30));
+        assert_eq!(Dur::parse("5m").unwrap().0, Duration::from_secs(300));
+        assert_eq!(Dur::parse("2h").unwrap().0, Duration::from_secs(7200));
+        assert_eq!(Dur::parse("5d").unwrap().0, Duration::from_secs(432_000));
+        assert_eq!(Dur::parse("250ms").unwrap().0, Duration::from_millis(250));
+        assert!(Dur::parse("5").is_err());
+        assert!(Dur::parse("m").is_err());
+        assert!(Dur::parse("5w").is_err());
+        assert!(Dur::parse("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let e = Config::parse(&format!("{MINIMAL}\n[smtp]\nlisten_on = []\n")).unwrap_err();
+        assert!(e.to_string().contains("listen_on"), "{e}");
+    }
+
+    #[test]
+    fn all_problems_reported_with_key_paths() {
+        let text = r#"
+            hostname = ""
+            [smtp]
+            listen = ["nonsense"]
+            max_recipients = 0
+            [delivery]
+            concurrency = 0
+            retry = []
+            [[backend]]
+            name = "a"
+            address = "no-port"
+            [[backend]]
+            name = "a"
+            address = "127.0.0.1:25"
+        "#;
+        let Error::Invalid(problems) = Config::parse(text).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "hostname",
+            "smtp.listen[0]",
+            "smtp.max_recipients",
+            "relay.domains",
+            "backend[0].address",
+            "backend[1].name",
+            "delivery.retry",
+            "delivery.concurrency",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn relay_domain_matching() {
+        let mut c = Config::parse(MINIMAL).unwrap();
+        c.relay.domains = vec!["example.com".into(), ".corp.test".into()];
+        assert!(c.is_relay_domain("example.com"));
+        assert!(c.is_relay_domain("EXAMPLE.com."));
+        assert!(!c.is_relay_domain("sub.example.com"));
+        assert!(!c.is_relay_domain("badexample.com"));
+        assert!(c.is_relay_domain("a.corp.test"));
+        assert!(!c.is_relay_domain("corp.test"));
+        assert!(!c.is_relay_domain("xcorp.test"));
+    }
+}

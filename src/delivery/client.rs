@@ -1,0 +1,355 @@
+//! Talking to the backends: connection pools, backend order, and one SMTP
+//! transaction per message with a reply per recipient (mail-send underneath).
+
+use super::outcome::Outcome;
+use crate::config;
+use crate::journal::Record;
+use crate::smtp::reply::Reply;
+use mail_send::SmtpClient;
+use smtp_proto::{
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+
+/// An idle connection is reused only within this time (Postfix's connection
+/// cache keeps them for 2 s by default; a local backend tolerates longer).
+const IDLE_LIMIT: Duration = Duration::from_secs(10);
+
+/// The result of one attempt on one message.
+#[derive(Debug)]
+pub struct Attempt {
+    /// The backend that answered (None if none could be reached).
+    pub backend: Option<String>,
+    /// One outcome per open recipient: (index into `record.rcpts`, outcome).
+    pub outcomes: Vec<(usize, Outcome)>,
+}
+
+/// A live connection to a backend, after EHLO.
+struct Conn {
+    client: SmtpClient<TcpStream>,
+    caps: u32,
+    size_limit: usize,
+    last_used: Instant,
+}
+
+/// One `[[backend]]` with its idle connections and connection limit.
+struct Backend {
+    cfg: config::Backend,
+    idle: Mutex<Vec<Conn>>,
+    slots: Arc<Semaphore>,
+}
+
+/// All backends, in preference order.
+pub struct Backends {
+    list: Vec<Backend>,
+    helo: String,
+    rotation: AtomicUsize,
+}
+
+impl Backends {
+    /// Backends from config, sorted by priority; `helo` is our EHLO name.
+    pub fn new(cfgs: &[config::Backend], concurrency: usize, helo: &str) -> Backends {
+        let mut list: Vec<Backend> = cfgs
+            .iter()
+            .map(|cfg| Backend {
+                slots: Arc::new(Semaphore::new(cfg.max_connections.unwrap_or(concurrency))),
+                cfg: cfg.clone(),
+                idle: Mutex::new(Vec::new()),
+            })
+            .collect();
+        list.sort_by_key(|b| b.cfg.priority);
+        Backends {
+            list,
+            helo: helo.to_owned(),
+            rotation: AtomicUsize::new(0),
+        }
+    }
+
+    /// Names of all backends.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.list.iter().map(|b| b.cfg.name.as_str())
+    }
+
+    /// The order to try backends in: by priority, rotating among equals so they
+    /// share the load.
+    fn order(&self) -> Vec<usize> {
+        let turn = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let mut order = Vec::with_capacity(self.list.len());
+        let mut start = 0;
+        while start < self.list.len() {
+            let prio = self.list[start].cfg.priority;
+            let end = start
+                + self.list[start..]
+                    .iter()
+                    .take_while(|b| b.cfg.priority == prio)
+                    .count();
+            let n = end - start;
+            order.extend((0..n).map(|k| start + (turn + k) % n));
+            start = end;
+        }
+        order
+    }
+
+    /// Delivers `body` for every open recipient of `record`: the first backend that
+    /// can be reached gets the transaction; connection failures move on to the next.
+    pub async fn deliver(&self, record: &Record, body: &[u8]) -> Attempt {
+        let mut last_error = String::from("no backend configured");
+        for i in self.order() {
+            let backend = &self.list[i];
+            let Ok(_slot) = backend.slots.acquire().await else {
+                continue;
+            };
+            match self.attempt_on(backend, record, body).await {
+                Ok(outcomes) => {
+                    return Attempt {
+                        backend: Some(backend.cfg.name.clone()),
+                        outcomes,
+                    };
+                }
+                Err(e) => {
+                    tracing::debug!(id = %record.id, backend = %backend.cfg.name, "backend unreachable: {e}");
+                    last_error = format!("{}: {e}", backend.cfg.name);
+                }
+            }
+        }
+        let outcome = Outcome::unreachable(&last_error);
+        Attempt {
+            backend: None,
+            outcomes: open_rcpts(record).map(|i| (i, outcome.clone())).collect(),
+        }
+    }
+
+    /// One transaction on `backend`. `Err` means no transaction could start
+    /// (connect, greeting or EHLO failed); a reused connection that turns out to
+    /// be dead is replaced once.
+    async fn attempt_on(
+        &self,
+        backend: &Backend,
+        record: &Record,
+        body: &[u8],
+    ) -> Result<Vec<(usize, Outcome)>, mail_send::Error> {
+        if let Some(mut conn) = take_idle(backend) {
+            // Err(Stale): closed while idle, so fall through to a fresh connection.
+            if let Ok(outcomes) = transaction(&mut conn, record, body).await {
+                put_idle(backend, conn);
+                return Ok(outcomes);
+            }
+        }
+        let mut conn = connect(&backend.cfg, &self.helo).await?;
+        match transaction(&mut conn, record, body).await {
+            Ok(outcomes) => {
+                if outcomes.iter().all(|(_, o)| !is_connection_loss(o)) {
+                    put_idle(backend, conn);
+                }
+                Ok(outcomes)
+            }
+            Err(Stale) => Err(mail_send::Error::Io(std::io::Error::other(
+                "connection closed by backend",
+            ))),
+        }
+    }
+
+    /// Closes every idle connection politely (QUIT).
+    pub async fn close_idle(&self) {
+        for b in &self.list {
+            let conns: Vec<Conn> = std::mem::take(&mut *b.idle.lock().expect("idle lock"));
+            for c in conns {
+                let _ = tokio::time::timeout(Duration::from_secs(1), c.client.quit()).await;
+            }
+        }
+    }
+}
+
+fn take_idle(b: &Backend) -> Option<Conn> {
+    let mut idle = b.idle.lock().expect("idle lock");
+    while let Some(c) = idle.pop() {
+        if c.last_used.elapsed() < IDLE_LIMIT {
+            return Some(c);
+        }
+    }
+    None
+}
+
+fn put_idle(b: &Backend, mut conn: Conn) {
+    conn.last_used = Instant::now();
+    b.idle.lock().expect("idle lock").push(conn);
+}
+
+fn open_rcpts(record: &Record) -> impl Iterator<Item = usize> + '_ {
+    record
+        .rcpts
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.state.is_open())
+        .map(|(i, _)| i)
+}
+
+fn is_connection_loss(o: &Outcome) -> bool {
+    matches!(o, Outcome::Deferred(t) if t.starts_with("451 4.4.2") || t.starts_with("421"))
+}
+
+/// Opens a connection: TCP (no Nagle), greeting, EHLO.
+async fn connect(cfg: &config::Backend, helo: &str) -> Result<Conn, mail_send::Error> {
+    let stream = tokio::time::timeout(cfg.connect_timeout.0, TcpStream::connect(&cfg.address))
+        .await
+        .map_err(|_| mail_send::Error::Timeout)??;
+    stream.set_nodelay(true)?;
+    let mut client = SmtpClient {
+        stream,
+        timeout: cfg.command_timeout.0,
+    };
+    let greeting = tokio::time::timeout(cfg.command_timeout.0, client.read())
+        .await
+        .map_err(|_| mail_send::Error::Timeout)??;
+    if !(200..300).contains(&greeting.code) {
+        return Err(mail_send::Error::UnexpectedReply(greeting));
+    }
+    let ehlo: EhloResponse<String> = client.ehlo(helo).await?;
+    Ok(Conn {
+        client,
+        caps: ehlo.capabilities,
+        size_limit: ehlo.size,
+        last_used: Instant::now(),
+    })
+}
+
+/// The connection died before the backend said anything about this message.
+struct Stale;
+
+/// MAIL, RCPT for each open recipient, then BDAT (if offered) or DATA. Returns an
+/// outcome for every open recipient; `Err(Stale)` if the very first command found
+/// the connection dead (nothing was said about the message).
+async fn transaction(
+    conn: &mut Conn,
+    record: &Record,
+    body: &[u8],
+) -> Result<Vec<(usize, Outcome)>, Stale> {
+    let rcpts: Vec<usize> = open_rcpts(record).collect();
+    let all = |o: Outcome| rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
+    if conn.caps & EXT_SIZE != 0 && conn.size_limit > 0 && body.len() > conn.size_limit {
+        return Ok(all(Outcome::Failed(format!(
+            "552 5.3.4 message size {} exceeds backend limit {}",
+            body.len(),
+            conn.size_limit
+        ))));
+    }
+    let mut cmds = vec![mail_command(conn.caps, record, body.len())];
+    cmds.extend(
+        rcpts
+            .iter()
+            .map(|&i| format!("RCPT TO:<{}>\r\n", record.rcpts[i].address)),
+    );
+    let replies = match send_envelope(conn, cmds).await {
+        Ok(r) => r,
+        Err(EnvelopeError::Stale) => return Err(Stale),
+        Err(EnvelopeError::Other(e)) => return Ok(all(Outcome::from_error(&e))),
+    };
+    let mail = Reply::from(replies[0].clone());
+    if !mail.is_positive() {
+        reset(conn).await;
+        return Ok(all(Outcome::from_reply(&mail)));
+    }
+    let mut outcomes = Vec::with_capacity(rcpts.len());
+    let mut accepted = Vec::with_capacity(rcpts.len());
+    for (&i, r) in rcpts.iter().zip(&replies[1..]) {
+        let r = Reply::from(r.clone());
+        if r.is_positive() {
+            accepted.push(i);
+        } else {
+            outcomes.push((i, Outcome::from_reply(&r)));
+        }
+    }
+    if accepted.is_empty() {
+        reset(conn).await;
+        return Ok(outcomes);
+    }
+    let result = if conn.caps & EXT_CHUNKING != 0 {
+        conn.client.bdat(body).await
+    } else {
+        // data() adds CRLF.CRLF itself: hand it the body without its last CRLF so
+        // the backend gets exactly our bytes.
+        conn.client
+            .data(body.strip_suffix(b"\r\n").unwrap_or(body))
+            .await
+    };
+    let outcome = match result {
+        Ok(r) => Outcome::from_reply(&Reply::from(r)),
+        Err(e) => Outcome::from_error(&e),
+    };
+    outcomes.extend(accepted.into_iter().map(|i| (i, outcome.clone())));
+    Ok(outcomes)
+}
+
+enum EnvelopeError {
+    Stale,
+    Other(mail_send::Error),
+}
+
+/// Sends MAIL and the RCPTs, pipelined when the backend offers PIPELINING, and
+/// returns one reply per command.
+async fn send_envelope(
+    conn: &mut Conn,
+    cmds: Vec<String>,
+) -> Result<Vec<smtp_proto::Response<String>>, EnvelopeError> {
+    if conn.caps & EXT_PIPELINING != 0 {
+        let n = cmds.len();
+        return match conn.client.cmds(cmds).await {
+            Ok(r) if r.len() == n => Ok(r),
+            Ok(_) => Err(EnvelopeError::Other(mail_send::Error::UnparseableReply)),
+            Err(e) => Err(classify_first(e)),
+        };
+    }
+    let mut replies = Vec::with_capacity(cmds.len());
+    for (k, cmd) in cmds.iter().enumerate() {
+        match conn.client.cmd(cmd).await {
+            Ok(r) => {
+                let stop = k == 0 && !(200..300).contains(&r.code);
+                replies.push(r);
+                if stop {
+                    // MAIL refused: the RCPTs are not sent; pad so every rcpt has a reply.
+                    let r0 = replies[0].clone();
+                    replies.resize(cmds.len(), r0);
+                    return Ok(replies);
+                }
+            }
+            Err(e) if k == 0 => return Err(classify_first(e)),
+            Err(e) => return Err(EnvelopeError::Other(e)),
+        }
+    }
+    Ok(replies)
+}
+
+/// An I/O failure or a 421 on the first command of a transaction means the
+/// connection was already dead; the message itself was not judged.
+fn classify_first(e: mail_send::Error) -> EnvelopeError {
+    match e {
+        mail_send::Error::Io(_) | mail_send::Error::UnparseableReply => EnvelopeError::Stale,
+        mail_send::Error::UnexpectedReply(ref r) if r.code == 421 => EnvelopeError::Stale,
+        other => EnvelopeError::Other(other),
+    }
+}
+
+async fn reset(conn: &mut Conn) {
+    let _ = conn.client.rset().await;
+}
+
+/// `MAIL FROM:<..>` with the parameters the backend understands.
+fn mail_command(caps: u32, record: &Record, size: usize) -> String {
+    let p = &record.envelope.params;
+    let mut cmd = format!("MAIL FROM:<{}>", record.envelope.mail_from);
+    if caps & EXT_SIZE != 0 {
+        cmd.push_str(&format!(" SIZE={size}"));
+    }
+    if p.eight_bit && caps & EXT_8BIT_MIME != 0 {
+        cmd.push_str(" BODY=8BITMIME");
+    }
+    if p.smtputf8 && caps & EXT_SMTP_UTF8 != 0 {
+        cmd.push_str(" SMTPUTF8");
+    }
+    cmd.push_str("\r\n");
+    cmd
+}

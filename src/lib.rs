@@ -1,0 +1,136 @@
+//! breakwater: a store-and-forward SMTP continuity relay.
+//!
+//! Layout (see DESIGN.md):
+//! - [`config`]: the TOML contract, defaults, validation with key paths.
+//! - [`smtp`]: listener, per-connection I/O loop, session state machine, replies.
+//! - [`journal`]: the durable queue on redb with group commit; `250` only after it.
+//! - [`delivery`]: dispatcher (schedule, concurrency), backend client, outcomes, retry.
+//! - [`schedule`]: quiet-time windows.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/api`.
+//! - [`shutdown`]: cancellation and task tracking, passed explicitly.
+//!
+//! [`run`] only wires these together: it takes already-bound listeners and a
+//! shutdown future, so tests run relays on port 0 side by side in one process.
+
+pub mod admin;
+pub mod config;
+pub mod delivery;
+pub mod journal;
+pub mod schedule;
+pub mod shutdown;
+pub mod smtp;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Sockets the relay serves, bound by the caller.
+pub struct Listeners {
+    /// SMTP listeners.
+    pub smtp: Vec<TcpListener>,
+    /// Admin HTTP listener, if any.
+    pub admin: Option<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds the addresses of `config` (`smtp.listen`, `admin.listen`).
+    pub async fn bind(config: &config::Config) -> std::io::Result<Listeners> {
+        let mut smtp = Vec::new();
+        for addr in &config.smtp.listen {
+            smtp.push(
+                TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("smtp.listen {addr}: {e}"))
+                })?,
+            );
+        }
+        let admin = TcpListener::bind(&config.admin.listen).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("admin.listen {}: {e}", config.admin.listen),
+            )
+        })?;
+        Ok(Listeners {
+            smtp,
+            admin: Some(admin),
+        })
+    }
+}
+
+/// Runs the relay until `shutdown` resolves, then stops accepting, answers
+/// `421 4.3.0` to open sessions, lets in-flight deliveries finish within
+/// `delivery.shutdown_grace`, and closes the journal.
+pub async fn run(
+    config: config::Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), journal::Error> {
+    let config = Arc::new(config);
+    let mut opts = journal::Options::new(&config.journal.path, config.journal.max_bytes);
+    opts.cache_bytes = 16 << 20;
+    let (journal, recovered) = journal::Journal::open(&opts)?;
+    let metrics = Arc::new(admin::metrics::Metrics::new());
+    for name in config.backend.iter().map(|b| b.name.as_str()) {
+        metrics.backend_up.with_label_values(&[name]).set(1);
+    }
+    let stop = shutdown::Shutdown::new();
+    let grace = config.delivery.shutdown_grace.0;
+    let (queue, dispatcher) =
+        delivery::dispatcher(&config, journal.clone(), metrics.clone(), recovered);
+    let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
+
+    let ctx = Arc::new(smtp::Context {
+        hostname: config.hostname.clone(),
+        max_message_size: config.smtp.max_message_size,
+        max_recipients: config.smtp.max_recipients,
+        idle_timeout: config.smtp.idle_timeout.0,
+        config: config.clone(),
+        journal: journal.clone(),
+        queue: queue.clone(),
+        metrics: metrics.clone(),
+        shutdown: stop.token.clone(),
+    });
+    let mut accept_tasks = Vec::new();
+    for l in listeners.smtp {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("smtp listening on {addr}");
+        }
+        let task = smtp::listener::run(
+            l,
+            ctx.clone(),
+            config.smtp.max_connections,
+            stop.tracker.clone(),
+        );
+        accept_tasks.push(tokio::spawn(task));
+    }
+    if let Some(l) = listeners.admin {
+        if let Ok(addr) = l.local_addr() {
+            tracing::info!("admin listening on http://{addr}");
+        }
+        let state = Arc::new(admin::State {
+            metrics: metrics.clone(),
+            journal: journal.clone(),
+            queue,
+            shutdown: stop.token.clone(),
+        });
+        tokio::spawn(admin::serve(l, state));
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: no new connections, finishing deliveries (grace {grace:?})");
+    stop.token.cancel();
+    for t in accept_tasks {
+        let _ = t.await;
+    }
+    stop.tracker.close();
+    if tokio::time::timeout(grace, stop.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("sessions still open after {grace:?}; closing them");
+    }
+    let _ = tokio::time::timeout(grace + Duration::from_secs(1), dispatch).await;
+    journal.close().await;
+    tracing::info!("journal closed; bye");
+    Ok(())
+}

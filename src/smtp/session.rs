@@ -1,0 +1,279 @@
+//! The SMTP session state machine. Handlers take a parsed command and return what
+//! to answer; they do no I/O, so every verb is testable without a socket. The I/O
+//! loop lives in [`super::connection`].
+
+use super::reply::Reply;
+use super::{Context, address};
+use crate::journal::{Envelope, MailParams, RcptState, Recipient};
+use smtp_proto::{MailFrom, RcptTo, Request};
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+/// What the I/O loop should do after a command.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Write this reply and read the next command.
+    Reply(Reply),
+    /// Write these raw bytes (a multi-line reply) and read the next command.
+    Raw(Vec<u8>),
+    /// Write `354` and switch to reading DATA.
+    StartData,
+    /// Read a BDAT chunk of this many bytes.
+    Bdat { size: usize, last: bool },
+    /// Write this reply and close the connection.
+    Close(Reply),
+}
+
+/// How the message body is arriving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Not yet known.
+    None,
+    /// DATA.
+    Data,
+    /// BDAT chunks.
+    Bdat,
+}
+
+/// One mail transaction: from MAIL to the end of the message.
+#[derive(Debug)]
+pub struct Transaction {
+    /// Reverse path (empty for `<>`).
+    pub mail_from: String,
+    /// Kept MAIL parameters.
+    pub params: MailParams,
+    /// Accepted recipients.
+    pub rcpts: Vec<Recipient>,
+    /// DATA or BDAT.
+    pub mode: BodyMode,
+    /// BDAT chunks received so far.
+    pub body: Option<super::connection::Body>,
+}
+
+/// Per-connection state.
+pub struct Session {
+    pub(super) ctx: std::sync::Arc<Context>,
+    /// Client address.
+    pub client_ip: IpAddr,
+    /// HELO/EHLO name, once given.
+    pub helo: Option<String>,
+    /// True after EHLO (extensions allowed).
+    pub esmtp: bool,
+    /// The open transaction, if any.
+    pub tx: Option<Transaction>,
+}
+
+impl Session {
+    /// A new session for a client at `client_ip`.
+    pub fn new(ctx: std::sync::Arc<Context>, client_ip: IpAddr) -> Session {
+        Session {
+            ctx,
+            client_ip,
+            helo: None,
+            esmtp: false,
+            tx: None,
+        }
+    }
+
+    /// The greeting banner.
+    pub fn greeting(&self) -> Reply {
+        Reply::new(220, "", format!("{} ESMTP breakwater", self.ctx.hostname))
+    }
+
+    /// Handles one parsed command. `raw` is the command line as received (for
+    /// checks the parser normalises away, such as source routes).
+    pub fn on_request(&mut self, req: Request<Cow<'_, str>>, raw: &[u8]) -> Next {
+        match req {
+            Request::Ehlo { host } => Next::Raw(self.on_ehlo(&host)),
+            Request::Helo { host } => Next::Reply(self.on_helo(&host)),
+            Request::Mail { from } => Next::Reply(self.on_mail(from)),
+            Request::Rcpt { to } => Next::Reply(self.on_rcpt(to, raw)),
+            Request::Data => self.on_data(),
+            Request::Bdat {
+                chunk_size,
+                is_last,
+            } => self.on_bdat(chunk_size, is_last),
+            Request::Rset => {
+                self.tx = None;
+                Next::Reply(Reply::RESET)
+            }
+            Request::Noop { .. } => Next::Reply(Reply::OK),
+            Request::Vrfy { .. } => Next::Reply(Reply::CANNOT_VRFY),
+            Request::Help { .. } => Next::Reply(Reply::HELP),
+            Request::Quit => Next::Close(Reply::BYE),
+            Request::Lhlo { .. } => Next::Reply(Reply::UNKNOWN_COMMAND),
+            _ => Next::Reply(Reply::NOT_IMPLEMENTED),
+        }
+    }
+
+    /// Maps a parser error to its reply.
+    pub fn on_parse_error(&self, err: &smtp_proto::Error) -> Reply {
+        use smtp_proto::Error as E;
+        match err {
+            E::UnknownCommand => Reply::UNKNOWN_COMMAND,
+            E::InvalidSenderAddress => Reply::BAD_SENDER,
+            E::InvalidRecipientAddress => Reply::BAD_RECIPIENT,
+            E::UnsupportedParameter { .. } => Reply::PARAM_NOT_IMPLEMENTED,
+            E::ResponseTooLong => Reply::LINE_TOO_LONG,
+            E::SyntaxError { syntax } => {
+                Reply::new(501, "5.5.4", format!("Syntax error, expected: {syntax}"))
+            }
+            E::InvalidParameter { param } => {
+                Reply::new(501, "5.5.4", format!("Invalid value for parameter {param}"))
+            }
+            _ => Reply::SYNTAX_ERROR,
+        }
+    }
+
+    fn on_ehlo(&mut self, host: &str) -> Vec<u8> {
+        self.helo = Some(host.to_owned());
+        self.esmtp = true;
+        self.tx = None;
+        let lines = [
+            format!("{} greets {}", self.ctx.hostname, host),
+            "PIPELINING".into(),
+            format!("SIZE {}", self.ctx.max_message_size),
+            "8BITMIME".into(),
+            "SMTPUTF8".into(),
+            "ENHANCEDSTATUSCODES".into(),
+            "CHUNKING".into(),
+            "HELP".into(),
+        ];
+        let mut out = Vec::with_capacity(200);
+        for (i, line) in lines.iter().enumerate() {
+            let sep = if i + 1 == lines.len() { ' ' } else { '-' };
+            out.extend_from_slice(format!("250{sep}{line}\r\n").as_bytes());
+        }
+        out
+    }
+
+    fn on_helo(&mut self, host: &str) -> Reply {
+        self.helo = Some(host.to_owned());
+        self.esmtp = false;
+        self.tx = None;
+        Reply::new(250, "", self.ctx.hostname.clone())
+    }
+
+    fn on_mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Reply {
+        if self.helo.is_none() {
+            return Reply::NEED_HELO;
+        }
+        if self.tx.is_some() {
+            return Reply::NESTED_MAIL;
+        }
+        let has_params = from.flags != 0 || from.size != 0 || from.env_id.is_some();
+        if has_params && !self.esmtp {
+            return Reply::PARAM_NOT_IMPLEMENTED;
+        }
+        if from.size as u64 > self.ctx.max_message_size {
+            return Reply::SIZE_EXCEEDED;
+        }
+        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
+        if !smtputf8 && !from.address.is_ascii() {
+            return Reply::NEED_SMTPUTF8;
+        }
+        let ret_full = match from.flags {
+            f if f & smtp_proto::MAIL_RET_FULL != 0 => Some(true),
+            f if f & smtp_proto::MAIL_RET_HDRS != 0 => Some(false),
+            _ => None,
+        };
+        self.tx = Some(Transaction {
+            mail_from: from.address.into_owned(),
+            params: MailParams {
+                size: from.size as u64,
+                eight_bit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
+                smtputf8,
+                ret_full,
+                envid: from.env_id.map(Cow::into_owned),
+            },
+            rcpts: Vec::new(),
+            mode: BodyMode::None,
+            body: None,
+        });
+        Reply::SENDER_OK
+    }
+
+    fn on_rcpt(&mut self, to: RcptTo<Cow<'_, str>>, raw: &[u8]) -> Reply {
+        let max = self.ctx.max_recipients;
+        let Some(tx) = self.tx.as_mut() else {
+            return Reply::NEED_MAIL;
+        };
+        if tx.mode != BodyMode::None {
+            return Reply::BAD_SEQUENCE;
+        }
+        if tx.rcpts.len() >= max {
+            return Reply::TOO_MANY_RECIPIENTS;
+        }
+        if !tx.params.smtputf8 && !to.address.is_ascii() {
+            return Reply::NEED_SMTPUTF8;
+        }
+        let address =
+            match address::check_recipient(&to.address, raw, |d| self.ctx.is_relay_domain(d)) {
+                Ok(a) => a,
+                Err(reply) => return reply,
+            };
+        tx.rcpts.push(Recipient {
+            address,
+            orcpt: to.orcpt.map(Cow::into_owned),
+            notify: to.flags
+                & (smtp_proto::RCPT_NOTIFY_SUCCESS
+                    | smtp_proto::RCPT_NOTIFY_FAILURE
+                    | smtp_proto::RCPT_NOTIFY_DELAY
+                    | smtp_proto::RCPT_NOTIFY_NEVER),
+            state: RcptState::Pending,
+        });
+        Reply::RCPT_OK
+    }
+
+    fn on_data(&mut self) -> Next {
+        let Some(tx) = self.tx.as_mut() else {
+            return Next::Reply(Reply::NEED_MAIL);
+        };
+        if tx.rcpts.is_empty() {
+            return Next::Reply(Reply::NEED_RCPT);
+        }
+        if tx.mode == BodyMode::Bdat {
+            return Next::Reply(Reply::MIXED_DATA);
+        }
+        tx.mode = BodyMode::Data;
+        Next::StartData
+    }
+
+    fn on_bdat(&mut self, size: usize, last: bool) -> Next {
+        // The chunk follows the command whatever we answer, so the I/O loop always
+        // reads it; an error here makes it discard the chunk.
+        match self.tx.as_mut() {
+            Some(tx) if !tx.rcpts.is_empty() && tx.mode != BodyMode::Data => {
+                tx.mode = BodyMode::Bdat;
+                Next::Bdat { size, last }
+            }
+            _ => Next::Bdat { size, last },
+        }
+    }
+
+    /// True if a BDAT chunk just announced belongs to a valid transaction.
+    pub fn bdat_allowed(&self) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.mode == BodyMode::Bdat)
+    }
+
+    /// The reply for a BDAT chunk that arrived outside a valid transaction.
+    pub fn bdat_refusal(&self) -> Reply {
+        match &self.tx {
+            None => Reply::NEED_MAIL,
+            Some(tx) if tx.rcpts.is_empty() => Reply::NEED_RCPT,
+            Some(_) => Reply::MIXED_DATA,
+        }
+    }
+
+    /// The envelope of the open transaction for the journal.
+    pub fn envelope(&self, tx: &Transaction, arrived_ms: u64) -> Envelope {
+        Envelope {
+            mail_from: tx.mail_from.clone(),
+            params: tx.params.clone(),
+            client_ip: self.client_ip,
+            helo: self.helo.clone().unwrap_or_default(),
+            tls: false,
+            arrived_ms,
+        }
+    }
+}
