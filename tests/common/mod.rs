@@ -12,9 +12,11 @@
 
 pub mod backend;
 pub mod client;
+pub mod relay;
 
 pub use backend::{Backend, BackendOptions, Received};
 pub use client::{Client, Reply, dot_stuff};
+pub use relay::{Relay, config_text, http, metric_value};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
