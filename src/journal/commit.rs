@@ -6,7 +6,7 @@
 //! every op of the batch. While one commit is on disk the next batch gathers, so
 //! concurrent sessions share fsyncs instead of paying one each.
 
-use super::{BODIES, META};
+use super::{BODIES, META, PART};
 use redb::Database;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -28,8 +28,8 @@ pub(super) enum OpKind {
     },
     /// New metadata for a stored message (after a delivery attempt, a hold ...).
     Update { id: u64, meta: Vec<u8> },
-    /// The message is done with: remove metadata and bytes.
-    Remove { id: u64 },
+    /// The message is done with: remove metadata and its `parts` body parts.
+    Remove { id: u64, parts: u32 },
     /// Finish what is queued, then stop the writer.
     Shutdown,
 }
@@ -89,15 +89,22 @@ fn apply(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
         for op in batch {
             match &op.kind {
                 OpKind::Insert { id, meta: m, body } => {
-                    bodies.insert(id, body.as_slice())?;
+                    if body.is_empty() {
+                        bodies.insert((*id, 0), [].as_slice())?;
+                    }
+                    for (part, chunk) in body.chunks(PART).enumerate() {
+                        bodies.insert((*id, part as u32), chunk)?;
+                    }
                     meta.insert(id, m.as_slice())?;
                 }
                 OpKind::Update { id, meta: m } => {
                     meta.insert(id, m.as_slice())?;
                 }
-                OpKind::Remove { id } => {
+                OpKind::Remove { id, parts } => {
                     meta.remove(id)?;
-                    bodies.remove(id)?;
+                    for part in 0..*parts {
+                        bodies.remove((*id, part))?;
+                    }
                 }
                 OpKind::Shutdown => {}
             }
