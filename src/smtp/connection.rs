@@ -19,7 +19,8 @@ use tokio::net::TcpStream;
 /// Longest command line accepted (RFC 5321 says 512; extensions and SMTPUTF8
 /// addresses need more, so we allow what smtp-proto allows).
 const MAX_LINE: usize = 4096;
-const READ_CHUNK: usize = 64 * 1024;
+/// Read granularity; the buffer grows only while a large body arrives.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Why reading stopped.
 enum End {
