@@ -448,9 +448,19 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, Error> {
-        let config: Config = toml::from_str(text).map_err(|e| Error::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
+        let de = toml::Deserializer::new(text);
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let message = if key.is_empty() || key == "." {
+                inner
+            } else {
+                format!("{key}: {inner}")
+            };
+            Error::Parse {
+                path: PathBuf::from("<config>"),
+                message,
+            }
         })?;
         let problems = config.validate();
         if problems.is_empty() {
@@ -682,6 +692,15 @@ mod tests {
         assert!(Dur::parse("m").is_err());
         assert!(Dur::parse("5w").is_err());
         assert!(Dur::parse("99999999999999999999d").is_err());
+    }
+
+    #[test]
+    fn type_errors_name_the_key_path() {
+        let e = Config::parse(&format!("{MINIMAL}\n[smtp]\nidle_timeout = \"5x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("smtp.idle_timeout"), "{e}");
+        let e =
+            Config::parse(&format!("{MINIMAL}\n[delivery]\nretry = [\"1m\", 5]\n")).unwrap_err();
+        assert!(e.to_string().contains("delivery.retry[1]"), "{e}");
     }
 
     #[test]
