@@ -5,6 +5,7 @@
 //! - [`smtp`]: listener, per-connection I/O loop, session state machine, replies.
 //! - [`journal`]: the durable queue on redb with group commit; `250` only after it.
 //! - [`delivery`]: dispatcher (schedule, concurrency), backend client, outcomes, retry.
+//! - [`health`]: backend probes and up/down circuits.
 //! - [`schedule`]: quiet-time windows.
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/api`.
 //! - [`shutdown`]: cancellation and task tracking, passed explicitly.
@@ -15,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod health;
 pub mod journal;
 pub mod schedule;
 pub mod shutdown;
@@ -70,13 +72,27 @@ pub async fn run(
     opts.cache_bytes = 16 << 20;
     let (journal, recovered) = journal::Journal::open(&opts)?;
     let metrics = Arc::new(admin::metrics::Metrics::new());
-    for name in config.backend.iter().map(|b| b.name.as_str()) {
-        metrics.backend_up.with_label_values(&[name]).set(1);
-    }
+    let health = Arc::new(health::Health::new(
+        &config.backend,
+        &config.health,
+        metrics.clone(),
+    ));
     let stop = shutdown::Shutdown::new();
     let grace = config.delivery.shutdown_grace.0;
-    let (queue, dispatcher) =
-        delivery::dispatcher(&config, journal.clone(), metrics.clone(), recovered);
+    let (queue, dispatcher) = delivery::dispatcher(
+        &config,
+        journal.clone(),
+        health.clone(),
+        metrics.clone(),
+        recovered,
+    );
+    tokio::spawn(health::monitor(
+        health,
+        config.backend.clone(),
+        config.health.clone(),
+        config.hostname.clone(),
+        stop.token.clone(),
+    ));
     let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
 
     let ctx = Arc::new(smtp::Context {

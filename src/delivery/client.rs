@@ -3,6 +3,7 @@
 
 use super::outcome::Outcome;
 use crate::config;
+use crate::health::Health;
 use crate::journal::Record;
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
@@ -48,11 +49,18 @@ pub struct Backends {
     list: Vec<Backend>,
     helo: String,
     rotation: AtomicUsize,
+    health: Arc<Health>,
 }
 
 impl Backends {
-    /// Backends from config, sorted by priority; `helo` is our EHLO name.
-    pub fn new(cfgs: &[config::Backend], concurrency: usize, helo: &str) -> Backends {
+    /// Backends from config, sorted by priority; `helo` is our EHLO name. Connection
+    /// results are reported to `health`, and backends it counts as down are skipped.
+    pub fn new(
+        cfgs: &[config::Backend],
+        concurrency: usize,
+        helo: &str,
+        health: Arc<Health>,
+    ) -> Backends {
         let mut list: Vec<Backend> = cfgs
             .iter()
             .map(|cfg| Backend {
@@ -66,6 +74,7 @@ impl Backends {
             list,
             helo: helo.to_owned(),
             rotation: AtomicUsize::new(0),
+            health,
         }
     }
 
@@ -97,13 +106,20 @@ impl Backends {
     /// Delivers `body` for every open recipient of `record`: the first backend that
     /// can be reached gets the transaction; connection failures move on to the next.
     pub async fn deliver(&self, record: &Record, body: &[u8]) -> Attempt {
-        let mut last_error = String::from("no backend configured");
+        let mut last_error = String::from("every backend is down");
         for i in self.order() {
             let backend = &self.list[i];
+            if !self.health.is_up(&backend.cfg.name) {
+                continue;
+            }
             let Ok(_slot) = backend.slots.acquire().await else {
                 continue;
             };
-            match self.attempt_on(backend, record, body).await {
+            let result = self.attempt_on(backend, record, body).await;
+            // A connection that could not be made counts as a failed probe, so an
+            // outage is noticed between probes.
+            self.health.report(&backend.cfg.name, result.is_ok());
+            match result {
                 Ok(outcomes) => {
                     return Attempt {
                         backend: Some(backend.cfg.name.clone()),

@@ -8,6 +8,7 @@ use super::outcome::Outcome;
 use super::retry::RetryPolicy;
 use super::{Event, Status};
 use crate::admin::metrics::Metrics;
+use crate::health::Health;
 use crate::journal::{Journal, QueueId, RcptState, Record};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -53,6 +54,7 @@ impl Default for Clock {
 /// What delivery tasks share.
 pub(super) struct Shared {
     pub journal: Journal,
+    pub health: Arc<Health>,
     pub backends: Backends,
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
@@ -107,6 +109,7 @@ impl Dispatcher {
 
     /// Runs until `shutdown`, then lets in-flight attempts finish within `grace`.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
+        let mut health = self.shared.health.subscribe();
         loop {
             self.promote_due();
             self.launch();
@@ -118,6 +121,13 @@ impl Dispatcher {
                     None => break,
                 },
                 _ = sleep_until(wake) => {}
+                Ok(()) = health.changed() => {
+                    if self.shared.health.any_up() {
+                        // A backend is back: the backlog goes now, not at each
+                        // message's retry time.
+                        self.make_all_due("a backend is up");
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -144,13 +154,7 @@ impl Dispatcher {
                 self.all.insert(r.id);
                 self.file(*r);
             }
-            Event::Flush => {
-                let n = self.waiting.len();
-                for (_, id) in std::mem::take(&mut self.waiting) {
-                    self.ready.insert(id);
-                }
-                tracing::info!("flush: {n} deferred messages due now");
-            }
+            Event::Flush => self.make_all_due("flush"),
             Event::Done(r, status) => {
                 self.in_flight -= 1;
                 match status {
@@ -161,6 +165,21 @@ impl Dispatcher {
                 }
             }
         }
+    }
+
+    fn make_all_due(&mut self, why: &str) {
+        let n = self.waiting.len();
+        for (_, id) in std::mem::take(&mut self.waiting) {
+            self.ready.insert(id);
+        }
+        if n > 0 {
+            tracing::info!("{why}: {n} deferred messages due now");
+        }
+    }
+
+    /// True while deliveries may start: some backend is up.
+    fn may_deliver(&self) -> bool {
+        self.shared.health.any_up()
     }
 
     fn promote_due(&mut self) {
@@ -175,6 +194,9 @@ impl Dispatcher {
     }
 
     fn launch(&mut self) {
+        if !self.may_deliver() {
+            return;
+        }
         while self.in_flight < self.concurrency {
             let Some(id) = self.ready.pop_first() else {
                 return;
@@ -193,7 +215,7 @@ impl Dispatcher {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        if self.in_flight >= self.concurrency || !self.ready.is_empty() {
+        if self.in_flight >= self.concurrency || !self.ready.is_empty() || !self.may_deliver() {
             return None;
         }
         self.waiting

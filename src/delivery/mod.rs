@@ -8,6 +8,7 @@ pub mod retry;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
+use crate::health::Health;
 use crate::journal::{Journal, Record};
 use dispatcher::{Clock, Dispatcher, Shared};
 use std::sync::Arc;
@@ -50,22 +51,26 @@ impl Queue {
     }
 }
 
-/// Builds the dispatcher for `config` over `journal`, scheduling the `recovered`
-/// records; returns the handle and the dispatcher to run.
+/// Builds the dispatcher for `config` over `journal`, gated by `health`,
+/// scheduling the `recovered` records; returns the handle and the dispatcher to run.
 pub fn dispatcher(
     config: &Config,
     journal: Journal,
+    health: Arc<Health>,
     metrics: Arc<Metrics>,
     recovered: Vec<Record>,
 ) -> (Queue, Dispatcher) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let backends = client::Backends::new(
+        &config.backend,
+        config.delivery.concurrency,
+        &config.hostname,
+        health.clone(),
+    );
     let shared = Shared {
         journal,
-        backends: client::Backends::new(
-            &config.backend,
-            config.delivery.concurrency,
-            &config.hostname,
-        ),
+        health,
+        backends,
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
         metrics,
         clock: Clock::new(),

@@ -38,6 +38,11 @@ pub fn check_recipient(
     Ok(address.to_owned())
 }
 
+/// True if the path in a `RCPT TO:` line ends in an address literal (`@[...]>`).
+pub fn is_address_literal(raw: &[u8]) -> bool {
+    raw.windows(2).any(|w| w == b"@[")
+}
+
 /// True if the path in a `RCPT TO:` line starts with a source route (`<@`).
 fn has_source_route(raw: &[u8]) -> bool {
     raw.iter()

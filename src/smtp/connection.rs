@@ -87,9 +87,10 @@ impl Io {
         loop {
             let avail = &self.buf[self.pos..];
             if let Some(i) = memchr_lf(avail) {
-                let line = avail[..=i].to_vec();
+                let too_long = skipping || i + 1 > MAX_LINE;
+                let line = (!too_long).then(|| avail[..=i].to_vec());
                 self.pos += i + 1;
-                return Ok(if skipping { None } else { Some(line) });
+                return Ok(line);
             }
             if avail.len() > MAX_LINE {
                 skipping = true;
@@ -143,7 +144,7 @@ async fn command_loop(s: &mut Session, io: &mut Io) -> End {
         }
         let next = match Request::parse(&mut line.iter()) {
             Ok(req) => s.on_request(req, &line),
-            Err(e) => Next::Reply(s.on_parse_error(&e)),
+            Err(e) => Next::Reply(s.on_parse_error(&e, &line)),
         };
         let result = match next {
             Next::Reply(r) => {

@@ -106,11 +106,14 @@ impl Session {
         }
     }
 
-    /// Maps a parser error to its reply.
-    pub fn on_parse_error(&self, err: &smtp_proto::Error) -> Reply {
+    /// Maps a parser error on the command line `raw` to its reply.
+    pub fn on_parse_error(&self, err: &smtp_proto::Error, raw: &[u8]) -> Reply {
         use smtp_proto::Error as E;
         match err {
             E::UnknownCommand => Reply::UNKNOWN_COMMAND,
+            // The parser refuses address literals (`a@[192.0.2.1]`), which are valid
+            // RFC 5321 syntax: we never relay to them, so say so.
+            E::InvalidRecipientAddress if address::is_address_literal(raw) => Reply::RELAY_DENIED,
             E::InvalidSenderAddress => Reply::BAD_SENDER,
             E::InvalidRecipientAddress => Reply::BAD_RECIPIENT,
             E::UnsupportedParameter { .. } => Reply::PARAM_NOT_IMPLEMENTED,

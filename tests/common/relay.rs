@@ -23,7 +23,8 @@ pub struct Relay {
 
 /// The config text for a relay in `dir` relaying `example.com` to `backends`
 /// (priority = position). `extra` is appended: whole sections such as
-/// `[smtp]`, `[delivery]` (default here: retry = ["1s"]) or more `[[backend]]`s.
+/// `[smtp]`, `[delivery]` (default here: retry = ["1s"]), `[health]` (default
+/// here: interval = "200ms") or more `[[backend]]`s.
 pub fn config_text(dir: &Path, backends: &[SocketAddr], extra: &str) -> String {
     let mut t = format!(
         "hostname = \"relay.test\"\n[journal]\npath = {:?}\n[relay]\ndomains = [\"example.com\"]\n",
@@ -34,6 +35,9 @@ pub fn config_text(dir: &Path, backends: &[SocketAddr], extra: &str) -> String {
             "[[backend]]\nname = \"b{i}\"\naddress = \"{b}\"\npriority = {}\nconnect_timeout = \"2s\"\ncommand_timeout = \"10s\"\n",
             10 * (i + 1)
         ));
+    }
+    if !extra.contains("[health]") {
+        t.push_str("[health]\ninterval = \"200ms\"\ntimeout = \"2s\"\n");
     }
     if !extra.contains("[delivery]") {
         t.push_str("[delivery]\nretry = [\"1s\"]\nshutdown_grace = \"2s\"\n");

@@ -1,0 +1,281 @@
+//! Backend health: a circuit per backend fed by probes (connect, greeting, EHLO,
+//! QUIT) and by delivery connection failures, and the monitor task that probes.
+//!
+//! A backend goes down after `health.fall` consecutive failures and comes back
+//! after `health.rise` consecutive successes. While a backend is between states
+//! (its last result disagrees with its state) it is probed again after
+//! [`FAST_INTERVAL`] instead of the full interval (HAProxy's `fastinter`), so a
+//! backend that returns is up within one interval plus `rise - 1` fast probes.
+
+use crate::admin::metrics::Metrics;
+use crate::config;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Probe spacing while a backend is changing state.
+pub const FAST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Up/down state with fall/rise hysteresis. Pure: tested with a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Circuit {
+    up: bool,
+    streak: u32,
+    fall: u32,
+    rise: u32,
+}
+
+impl Circuit {
+    /// A circuit that starts up (deliveries find out soon enough if it is not).
+    pub fn new(fall: u32, rise: u32) -> Circuit {
+        Circuit {
+            up: true,
+            streak: 0,
+            fall: fall.max(1),
+            rise: rise.max(1),
+        }
+    }
+
+    /// True while the backend counts as up.
+    pub fn is_up(&self) -> bool {
+        self.up
+    }
+
+    /// True while the last results disagree with the state (a change may follow).
+    pub fn is_changing(&self) -> bool {
+        self.streak > 0
+    }
+
+    /// Records one result; returns the new state if it changed.
+    pub fn record(&mut self, ok: bool) -> Option<bool> {
+        if ok == self.up {
+            self.streak = 0;
+            return None;
+        }
+        self.streak += 1;
+        let needed = if self.up { self.fall } else { self.rise };
+        if self.streak >= needed {
+            self.up = ok;
+            self.streak = 0;
+            return Some(ok);
+        }
+        None
+    }
+}
+
+/// The health of every backend, shared by the monitor, the delivery client and
+/// the dispatcher. Every change bumps a `watch` generation the dispatcher awaits.
+pub struct Health {
+    circuits: Vec<(String, Mutex<Circuit>)>,
+    metrics: Arc<Metrics>,
+    changed: watch::Sender<u64>,
+}
+
+impl Health {
+    /// All backends of `config`, initially up.
+    pub fn new(backends: &[config::Backend], h: &config::Health, metrics: Arc<Metrics>) -> Health {
+        let circuits = backends
+            .iter()
+            .map(|b| {
+                metrics.backend_up.with_label_values(&[&b.name]).set(1);
+                (b.name.clone(), Mutex::new(Circuit::new(h.fall, h.rise)))
+            })
+            .collect();
+        Health {
+            circuits,
+            metrics,
+            changed: watch::channel(0).0,
+        }
+    }
+
+    /// True if the named backend is up (unknown names count as down).
+    pub fn is_up(&self, backend: &str) -> bool {
+        self.circuit(backend)
+            .is_some_and(|c| c.lock().expect("circuit").is_up())
+    }
+
+    /// True if any backend is up.
+    pub fn any_up(&self) -> bool {
+        self.circuits
+            .iter()
+            .any(|(_, c)| c.lock().expect("circuit").is_up())
+    }
+
+    /// Records a probe or a delivery connection result for `backend`.
+    pub fn report(&self, backend: &str, ok: bool) {
+        let Some(c) = self.circuit(backend) else {
+            return;
+        };
+        let change = c.lock().expect("circuit").record(ok);
+        if let Some(up) = change {
+            self.metrics
+                .backend_up
+                .with_label_values(&[backend])
+                .set(up as i64);
+            if up {
+                tracing::info!(backend, "backend is up");
+            } else {
+                tracing::warn!(backend, "backend is down");
+            }
+            self.changed.send_modify(|g| *g += 1);
+        }
+    }
+
+    /// A receiver that sees a new value after every up/down change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn circuit(&self, backend: &str) -> Option<&Mutex<Circuit>> {
+        self.circuits
+            .iter()
+            .find(|(n, _)| n == backend)
+            .map(|(_, c)| c)
+    }
+
+    fn is_changing(&self, backend: &str) -> bool {
+        self.circuit(backend)
+            .is_some_and(|c| c.lock().expect("circuit").is_changing())
+    }
+}
+
+/// Probes every backend until shutdown: one task per backend.
+pub async fn monitor(
+    health: Arc<Health>,
+    backends: Vec<config::Backend>,
+    cfg: config::Health,
+    helo: String,
+    shutdown: CancellationToken,
+) {
+    let mut tasks = Vec::new();
+    for b in backends {
+        let (health, helo, shutdown) = (health.clone(), helo.clone(), shutdown.clone());
+        let cfg = cfg.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let wait = if health.is_changing(&b.name) {
+                    FAST_INTERVAL.min(cfg.interval.0)
+                } else {
+                    cfg.interval.0
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let result = probe(&b.address, &helo, cfg.timeout.0).await;
+                if let Err(e) = &result {
+                    tracing::debug!(backend = %b.name, "probe failed: {e}");
+                }
+                health.report(&b.name, result.is_ok());
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// One probe: connect, read a 2xx greeting, EHLO (2xx), QUIT, all within `timeout`.
+pub async fn probe(address: &str, helo: &str, timeout: Duration) -> Result<(), String> {
+    let run = async {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut stream = BufReader::new(stream);
+        expect_2xx(&mut stream, "greeting").await?;
+        stream
+            .get_mut()
+            .write_all(format!("EHLO {helo}\r\n").as_bytes())
+            .await
+            .map_err(|e| format!("EHLO: {e}"))?;
+        expect_2xx(&mut stream, "EHLO").await?;
+        let _ = stream.get_mut().write_all(b"QUIT\r\n").await;
+        Ok(())
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
+/// Reads one (possibly multi-line) reply and checks it is 2xx.
+async fn expect_2xx(stream: &mut BufReader<TcpStream>, what: &str) -> Result<(), String> {
+    let mut line = String::new();
+    for _ in 0..100 {
+        line.clear();
+        let n = stream
+            .read_line(&mut line)
+            .await
+            .map_err(|e| format!("{what}: {e}"))?;
+        if n == 0 {
+            return Err(format!("{what}: connection closed"));
+        }
+        if !line.starts_with('2') {
+            return Err(format!("{what}: {}", line.trim_end()));
+        }
+        if line.as_bytes().get(3) != Some(&b'-') {
+            return Ok(());
+        }
+    }
+    Err(format!("{what}: reply too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fall_and_rise_table() {
+        // (results fed in order, expected state after each)
+        let cases: &[(u32, u32, &[bool], &[bool])] = &[
+            (2, 2, &[false], &[true]),
+            (2, 2, &[false, false], &[true, false]),
+            (2, 2, &[false, true, false], &[true, true, true]),
+            (2, 2, &[false, false, true], &[true, false, false]),
+            (
+                2,
+                2,
+                &[false, false, true, true],
+                &[true, false, false, true],
+            ),
+            (
+                2,
+                2,
+                &[false, false, true, false, true, true],
+                &[true, false, false, false, false, true],
+            ),
+            (1, 1, &[false, true], &[false, true]),
+            (
+                3,
+                1,
+                &[false, false, false, true],
+                &[true, true, false, true],
+            ),
+        ];
+        for (fall, rise, results, want) in cases {
+            let mut c = Circuit::new(*fall, *rise);
+            let got: Vec<bool> = results
+                .iter()
+                .map(|&ok| {
+                    c.record(ok);
+                    c.is_up()
+                })
+                .collect();
+            assert_eq!(&got, want, "fall={fall} rise={rise} results={results:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn probe_against_nothing_fails_fast() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        drop(l);
+        assert!(
+            probe(&addr, "relay.test", Duration::from_secs(2))
+                .await
+                .is_err()
+        );
+    }
+}
