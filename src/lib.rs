@@ -85,7 +85,7 @@ pub async fn run(
         health.clone(),
         metrics.clone(),
         recovered,
-    );
+    )?;
     tokio::spawn(health::monitor(
         health,
         config.backend.clone(),

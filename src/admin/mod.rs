@@ -4,7 +4,7 @@
 pub mod metrics;
 
 use crate::delivery::Queue;
-use crate::journal::Journal;
+use crate::journal::{Journal, QueueId};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode};
@@ -43,7 +43,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(route(&state, req)) }
+                async move { Ok::<_, std::convert::Infallible>(route(&state, req).await) }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
             let _ = hyper::server::conn::http1::Builder::new()
@@ -53,8 +53,14 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-fn route<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
+async fn route<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if req.method() == Method::POST
+        && let Some((verb, id)) = hold_request(path)
+    {
+        return hold(state, verb == "hold", id).await;
+    }
+    match (req.method(), path) {
         (&Method::GET, "/metrics") => {
             state
                 .metrics
@@ -80,6 +86,36 @@ fn route<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
             text(StatusCode::OK, "{\"flushed\":true}\n".into())
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into()),
+    }
+}
+
+/// `/api/queue/hold`, `/api/queue/release` (whole queue) and
+/// `/api/queue/hold/ID`, `/api/queue/release/ID` (one message).
+fn hold_request(path: &str) -> Option<(&str, Option<&str>)> {
+    let rest = path.strip_prefix("/api/queue/")?;
+    let (verb, id) = match rest.split_once('/') {
+        Some((v, id)) => (v, Some(id)),
+        None => (rest, None),
+    };
+    matches!(verb, "hold" | "release").then_some((verb, id))
+}
+
+async fn hold(state: &State, held: bool, id: Option<&str>) -> Response<Full<Bytes>> {
+    let result = match id {
+        None => state
+            .queue
+            .set_queue_held(held)
+            .await
+            .map_err(|e| e.to_string()),
+        Some(id) => match id.parse::<QueueId>() {
+            Ok(id) => state.queue.set_message_held(id, held).await,
+            Err(_) => return text(StatusCode::BAD_REQUEST, format!("bad queue id {id:?}\n")),
+        },
+    };
+    match result {
+        Ok(()) => text(StatusCode::OK, format!("{{\"held\":{held}}}\n")),
+        Err(e) if e.contains("not in the queue") => text(StatusCode::NOT_FOUND, format!("{e}\n")),
+        Err(e) => text(StatusCode::CONFLICT, format!("{e}\n")),
     }
 }
 

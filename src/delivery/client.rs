@@ -1,9 +1,9 @@
 //! Talking to the backends: connection pools, backend order, and one SMTP
 //! transaction per message with a reply per recipient (mail-send underneath).
 
+use super::gate::Gate;
 use super::outcome::Outcome;
 use crate::config;
-use crate::health::Health;
 use crate::journal::Record;
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
@@ -49,17 +49,18 @@ pub struct Backends {
     list: Vec<Backend>,
     helo: String,
     rotation: AtomicUsize,
-    health: Arc<Health>,
+    gate: Arc<Gate>,
 }
 
 impl Backends {
-    /// Backends from config, sorted by priority; `helo` is our EHLO name. Connection
-    /// results are reported to `health`, and backends it counts as down are skipped.
+    /// Backends from config, sorted by priority; `helo` is our EHLO name. Backends
+    /// the `gate` is shut for (down, in a quiet window) are skipped, and connection
+    /// results are reported to its health view.
     pub fn new(
         cfgs: &[config::Backend],
         concurrency: usize,
         helo: &str,
-        health: Arc<Health>,
+        gate: Arc<Gate>,
     ) -> Backends {
         let mut list: Vec<Backend> = cfgs
             .iter()
@@ -74,7 +75,7 @@ impl Backends {
             list,
             helo: helo.to_owned(),
             rotation: AtomicUsize::new(0),
-            health,
+            gate,
         }
     }
 
@@ -106,10 +107,10 @@ impl Backends {
     /// Delivers `body` for every open recipient of `record`: the first backend that
     /// can be reached gets the transaction; connection failures move on to the next.
     pub async fn deliver(&self, record: &Record, body: &[u8]) -> Attempt {
-        let mut last_error = String::from("every backend is down");
+        let mut last_error = String::from("no backend may take mail now (down or in quiet time)");
         for i in self.order() {
             let backend = &self.list[i];
-            if !self.health.is_up(&backend.cfg.name) {
+            if !self.gate.is_open_for(&backend.cfg.name) {
                 continue;
             }
             let Ok(_slot) = backend.slots.acquire().await else {
@@ -118,7 +119,7 @@ impl Backends {
             let result = self.attempt_on(backend, record, body).await;
             // A connection that could not be made counts as a failed probe, so an
             // outage is noticed between probes.
-            self.health.report(&backend.cfg.name, result.is_ok());
+            self.gate.health().report(&backend.cfg.name, result.is_ok());
             match result {
                 Ok(outcomes) => {
                     return Attempt {

@@ -1,15 +1,18 @@
 //! The dispatcher: one actor loop that owns the schedule. It takes due messages
-//! oldest first, runs at most `delivery.concurrency` attempts at once, and files
-//! each message again (retry time), parks it (only failed recipients left) or
-//! forgets it (removed from the journal) when its attempt reports back.
+//! oldest first while the [`Gate`] is open, runs as many attempts at once as the
+//! [`Drain`] allows (slow start up to `delivery.concurrency`, at most
+//! `delivery.drain_rate` starts per second), and files each message again (retry
+//! time), parks it (held, or only failed recipients left) or forgets it (removed
+//! from the journal) when its attempt reports back.
 
+use super::attempt::{Report, attempt};
 use super::client::Backends;
-use super::outcome::Outcome;
+use super::drain::Drain;
+use super::gate::Gate;
 use super::retry::RetryPolicy;
 use super::{Event, Status};
 use crate::admin::metrics::Metrics;
-use crate::health::Health;
-use crate::journal::{Journal, QueueId, RcptState, Record};
+use crate::journal::{Journal, QueueId, Record};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,9 +55,9 @@ impl Default for Clock {
 }
 
 /// What delivery tasks share.
-pub(super) struct Shared {
+pub(crate) struct Shared {
     pub journal: Journal,
-    pub health: Arc<Health>,
+    pub gate: Arc<Gate>,
     pub backends: Backends,
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
@@ -66,7 +69,9 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Event>,
     tx: mpsc::UnboundedSender<Event>,
-    concurrency: usize,
+    drain: Drain,
+    /// The gate was shut at the last look: the next opening restarts the drain.
+    paused: bool,
     /// Every record not in flight, by id.
     records: HashMap<QueueId, Record>,
     /// Due now, oldest first.
@@ -83,14 +88,15 @@ impl Dispatcher {
         shared: Shared,
         rx: mpsc::UnboundedReceiver<Event>,
         tx: mpsc::UnboundedSender<Event>,
-        concurrency: usize,
+        drain: Drain,
         recovered: Vec<Record>,
     ) -> Dispatcher {
         let mut d = Dispatcher {
             shared: Arc::new(shared),
             rx,
             tx,
-            concurrency,
+            drain,
+            paused: false,
             records: HashMap::new(),
             ready: BTreeSet::new(),
             waiting: BTreeSet::new(),
@@ -109,25 +115,24 @@ impl Dispatcher {
 
     /// Runs until `shutdown`, then lets in-flight attempts finish within `grace`.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
-        let mut health = self.shared.health.subscribe();
+        let mut health = self.shared.gate.health().subscribe();
         loop {
             self.promote_due();
             self.launch();
             self.update_gauges();
             let wake = self.next_wake();
+            let quiet_change = self.next_quiet_change();
             tokio::select! {
                 ev = self.rx.recv() => match ev {
-                    Some(ev) => self.handle(ev),
+                    Some(ev) => self.handle(ev).await,
                     None => break,
                 },
                 _ = sleep_until(wake) => {}
-                Ok(()) = health.changed() => {
-                    if self.shared.health.any_up() {
-                        // A backend is back: the backlog goes now, not at each
-                        // message's retry time.
-                        self.make_all_due("a backend is up");
-                    }
+                _ = sleep_until(quiet_change) => {
+                    self.shared.gate.update_metric();
+                    self.reopen_if_open("quiet time ended");
                 }
+                Ok(()) = health.changed() => self.reopen_if_open("a backend is up"),
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -148,22 +153,68 @@ impl Dispatcher {
         self.records.insert(id, r);
     }
 
-    fn handle(&mut self, ev: Event) {
+    async fn handle(&mut self, ev: Event) {
         match ev {
             Event::New(r) => {
                 self.all.insert(r.id);
                 self.file(*r);
             }
             Event::Flush => self.make_all_due("flush"),
-            Event::Done(r, status) => {
-                self.in_flight -= 1;
-                match status {
-                    Status::Removed => {
-                        self.all.remove(&r.id);
-                    }
-                    Status::Kept => self.file(*r),
-                }
+            Event::Reopen(why) => self.reopen_if_open(why),
+            Event::HoldMessage { id, held, done } => {
+                let result = match self.hold_message(id, held) {
+                    // Saved here, before any attempt can start on it, so a stale
+                    // copy can never overwrite newer recipient states.
+                    Ok(r) => self
+                        .shared
+                        .journal
+                        .save(&r)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                };
+                let _ = done.send(result);
             }
+            Event::Done(report) => self.finished(report),
+        }
+    }
+
+    fn finished(&mut self, report: Report) {
+        self.in_flight -= 1;
+        self.drain.record(report.signal, report.took);
+        match report.status {
+            Status::Removed => {
+                self.all.remove(&report.record.id);
+            }
+            Status::Kept => self.file(*report.record),
+        }
+    }
+
+    /// Holds or releases one message. Returns the record to persist, or why not.
+    fn hold_message(&mut self, id: QueueId, held: bool) -> Result<Record, String> {
+        let Some(mut r) = self.records.remove(&id) else {
+            return Err(if self.all.contains(&id) {
+                format!("{id} is being delivered right now; try again")
+            } else {
+                format!("{id} is not in the queue")
+            });
+        };
+        self.ready.remove(&id);
+        self.waiting.remove(&(r.next_attempt_ms, id));
+        r.held = held;
+        if !held {
+            r.next_attempt_ms = 0;
+        }
+        let copy = r.clone();
+        self.file(r);
+        Ok(copy)
+    }
+
+    /// After a pause (outage, quiet time, hold) the backlog goes now, not at
+    /// each message's retry time.
+    fn reopen_if_open(&mut self, why: &str) {
+        if self.shared.gate.is_open() {
+            self.make_all_due(why);
         }
     }
 
@@ -175,11 +226,6 @@ impl Dispatcher {
         if n > 0 {
             tracing::info!("{why}: {n} deferred messages due now");
         }
-    }
-
-    /// True while deliveries may start: some backend is up.
-    fn may_deliver(&self) -> bool {
-        self.shared.health.any_up()
     }
 
     fn promote_due(&mut self) {
@@ -194,10 +240,22 @@ impl Dispatcher {
     }
 
     fn launch(&mut self) {
-        if !self.may_deliver() {
+        if !self.shared.gate.is_open() {
+            self.paused = true;
             return;
         }
-        while self.in_flight < self.concurrency {
+        if self.paused && !self.ready.is_empty() {
+            self.paused = false;
+            self.drain.restart(Instant::now());
+            tracing::info!(
+                "delivery resumes: {} messages ready, slow start",
+                self.ready.len()
+            );
+        }
+        while self.in_flight < self.drain.limit() && !self.ready.is_empty() {
+            if !self.drain.try_start(Instant::now()) {
+                return;
+            }
             let Some(id) = self.ready.pop_first() else {
                 return;
             };
@@ -208,19 +266,33 @@ impl Dispatcher {
             let shared = self.shared.clone();
             let tx = self.tx.clone();
             tokio::spawn(async move {
-                let (record, status) = attempt(&shared, record).await;
-                let _ = tx.send(Event::Done(Box::new(record), status));
+                let report = attempt(&shared, record).await;
+                let _ = tx.send(Event::Done(report));
             });
         }
     }
 
+    /// When the loop must look again without an event: the next start the rate
+    /// allows, or the next retry time.
     fn next_wake(&self) -> Option<Instant> {
-        if self.in_flight >= self.concurrency || !self.ready.is_empty() || !self.may_deliver() {
+        if self.in_flight >= self.drain.limit() || !self.shared.gate.is_open() {
             return None;
+        }
+        if !self.ready.is_empty() {
+            return self.drain.next_start();
         }
         self.waiting
             .first()
             .map(|&(due, _)| self.shared.clock.instant_at(due))
+    }
+
+    fn next_quiet_change(&self) -> Option<Instant> {
+        let t = self.shared.gate.next_quiet_change()?;
+        Some(
+            self.shared
+                .clock
+                .instant_at(t.timestamp_millis().max(0) as u64),
+        )
     }
 
     fn update_gauges(&self) {
@@ -263,98 +335,5 @@ async fn sleep_until(wake: Option<Instant>) {
     match wake {
         Some(t) => tokio::time::sleep_until(t).await,
         None => std::future::pending().await,
-    }
-}
-
-/// One delivery attempt: load the bytes, deliver, record every recipient's
-/// outcome, and commit the new state before reporting back.
-async fn attempt(shared: &Shared, mut record: Record) -> (Record, Status) {
-    let body = match shared.journal.body(record.id) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
-            tracing::warn!(
-                "{} vanished from the journal; nothing to deliver",
-                record.id
-            );
-            return (record, Status::Removed);
-        }
-        Err(e) => {
-            tracing::error!("{} cannot read message from journal: {e}", record.id);
-            record.next_attempt_ms =
-                shared.clock.now_ms() + shared.retry.delay(1).as_millis() as u64;
-            return (record, Status::Kept);
-        }
-    };
-    let result = shared.backends.deliver(&record, &body).await;
-    drop(body);
-    record.attempts += 1;
-    let backend = result.backend.as_deref().unwrap_or("none");
-    let next_ms = shared.clock.now_ms() + shared.retry.delay(record.attempts).as_millis() as u64;
-    for (i, outcome) in result.outcomes {
-        shared.metrics.attempt(backend, outcome.label());
-        let rcpt = &mut record.rcpts[i];
-        log_outcome(record.id, &rcpt.address, backend, &outcome, next_ms);
-        rcpt.state = match outcome {
-            Outcome::Delivered(reply) => RcptState::Delivered {
-                backend: backend.to_owned(),
-                reply,
-            },
-            Outcome::Deferred(reply) => RcptState::Deferred {
-                reply,
-                attempts: record.attempts,
-            },
-            Outcome::Failed(reply) => RcptState::Failed { reply },
-        };
-    }
-    record.next_attempt_ms = next_ms;
-    commit_state(shared, record).await
-}
-
-/// Saves the state after an attempt: a fully delivered message is removed, any
-/// other is saved (deferred recipients wait; failed ones stay on record).
-async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
-    let all_delivered = record
-        .rcpts
-        .iter()
-        .all(|r| matches!(r.state, RcptState::Delivered { .. }));
-    if all_delivered {
-        match shared.journal.remove(&record).await {
-            Ok(()) => {
-                shared.metrics.messages_delivered.inc();
-                tracing::info!("{} removed: delivered to all recipients", record.id);
-                return (record, Status::Removed);
-            }
-            Err(e) => tracing::error!(
-                "{} delivered but not removed from journal (will be re-sent after a restart): {e}",
-                record.id
-            ),
-        }
-        return (record, Status::Kept);
-    }
-    if let Err(e) = shared.journal.save(&record).await {
-        tracing::error!(
-            "{} state not saved (a restart repeats this attempt): {e}",
-            record.id
-        );
-    }
-    (record, Status::Kept)
-}
-
-fn log_outcome(id: QueueId, rcpt: &str, backend: &str, outcome: &Outcome, next_ms: u64) {
-    match outcome {
-        Outcome::Delivered(reply) => {
-            tracing::info!("{id} delivered to=<{rcpt}> backend={backend} reply=\"{reply}\"")
-        }
-        Outcome::Deferred(reply) => {
-            let next = chrono::DateTime::from_timestamp_millis(next_ms as i64)
-                .map(|t| t.to_rfc3339())
-                .unwrap_or_default();
-            tracing::info!(
-                "{id} deferred to=<{rcpt}> backend={backend} reason=\"{reply}\" next_attempt={next}"
-            )
-        }
-        Outcome::Failed(reply) => {
-            tracing::warn!("{id} failed to=<{rcpt}> backend={backend} reply=\"{reply}\"")
-        }
     }
 }

@@ -1,18 +1,22 @@
 //! Delivery: the dispatcher (schedule, concurrency), the backend client, outcome
 //! classification and the retry policy.
 
+mod attempt;
 pub mod client;
 pub mod dispatcher;
+pub mod drain;
+pub mod gate;
 pub mod outcome;
 pub mod retry;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::health::Health;
-use crate::journal::{Journal, Record};
+use crate::journal::{self, Journal, QueueId, Record};
+use crate::schedule::QuietTime;
 use dispatcher::{Clock, Dispatcher, Shared};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Messages to the dispatcher.
 pub(crate) enum Event {
@@ -20,8 +24,16 @@ pub(crate) enum Event {
     New(Box<Record>),
     /// Make every deferred message due now.
     Flush,
-    /// An attempt finished; the record carries the new state.
-    Done(Box<Record>, Status),
+    /// Something opened the gate (queue released): the backlog goes now.
+    Reopen(&'static str),
+    /// Hold (`held = true`) or release one message; answered once persisted.
+    HoldMessage {
+        id: QueueId,
+        held: bool,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    /// An attempt finished; the report carries the record's new state.
+    Done(attempt::Report),
 }
 
 /// Where a message stands after an attempt.
@@ -33,10 +45,15 @@ pub(crate) enum Status {
     Removed,
 }
 
+/// Journal setting that persists the whole-queue hold.
+const QUEUE_HELD: &str = "queue_held";
+
 /// Handle for telling the dispatcher about new messages and admin requests.
 #[derive(Clone)]
 pub struct Queue {
     tx: mpsc::UnboundedSender<Event>,
+    journal: Journal,
+    gate: Arc<gate::Gate>,
 }
 
 impl Queue {
@@ -49,38 +66,77 @@ impl Queue {
     pub fn flush(&self) {
         let _ = self.tx.send(Event::Flush);
     }
+
+    /// Holds (`true`) or releases the whole queue. The hold is persisted in the
+    /// journal before it takes effect, so it survives restarts; mail is still
+    /// accepted while held.
+    pub async fn set_queue_held(&self, held: bool) -> Result<(), journal::Error> {
+        self.journal.set_setting(QUEUE_HELD, held as u64).await?;
+        self.gate.set_held(held);
+        tracing::info!("queue {}", if held { "held" } else { "released" });
+        if !held {
+            let _ = self.tx.send(Event::Reopen("queue released"));
+        }
+        Ok(())
+    }
+
+    /// True while the whole queue is held.
+    pub fn is_queue_held(&self) -> bool {
+        self.gate.is_held()
+    }
+
+    /// Holds (`true`) or releases one message, persisted in its journal record.
+    pub async fn set_message_held(&self, id: QueueId, held: bool) -> Result<(), String> {
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Event::HoldMessage { id, held, done })
+            .map_err(|_| "dispatcher stopped".to_string())?;
+        rx.await.map_err(|_| "dispatcher stopped".to_string())?
+    }
 }
 
-/// Builds the dispatcher for `config` over `journal`, gated by `health`,
-/// scheduling the `recovered` records; returns the handle and the dispatcher to run.
+/// Builds the dispatcher for `config` over `journal`, gated by `health`, the
+/// quiet-time windows and the persisted queue hold, scheduling the `recovered`
+/// records; returns the handle and the dispatcher to run.
 pub fn dispatcher(
     config: &Config,
     journal: Journal,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     recovered: Vec<Record>,
-) -> (Queue, Dispatcher) {
+) -> Result<(Queue, Dispatcher), journal::Error> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let clock = Clock::new();
+    let quiet = QuietTime::from_config(&config.quiet_time).unwrap_or_default();
+    let held = journal.setting(QUEUE_HELD)?.unwrap_or(0) == 1;
+    let names = config.backend.iter().map(|b| b.name.clone()).collect();
+    let gate = Arc::new(gate::Gate::new(
+        health,
+        quiet,
+        held,
+        names,
+        clock,
+        metrics.clone(),
+    ));
     let backends = client::Backends::new(
         &config.backend,
         config.delivery.concurrency,
         &config.hostname,
-        health.clone(),
+        gate.clone(),
     );
     let shared = Shared {
-        journal,
-        health,
+        journal: journal.clone(),
+        gate: gate.clone(),
         backends,
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
         metrics,
-        clock: Clock::new(),
+        clock,
     };
-    let d = Dispatcher::new(
-        shared,
-        rx,
-        tx.clone(),
+    let drain = drain::Drain::new(
         config.delivery.concurrency,
-        recovered,
+        config.delivery.drain_rate,
+        tokio::time::Instant::now(),
     );
-    (Queue { tx }, d)
+    let d = Dispatcher::new(shared, rx, tx.clone(), drain, recovered);
+    Ok((Queue { tx, journal, gate }, d))
 }

@@ -6,7 +6,7 @@
 //! every op of the batch. While one commit is on disk the next batch gathers, so
 //! concurrent sessions share fsyncs instead of paying one each.
 
-use super::{BODIES, META, PART};
+use super::{BODIES, META, PART, SETTINGS};
 use redb::Database;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -30,6 +30,8 @@ pub(super) enum OpKind {
     Update { id: u64, meta: Vec<u8> },
     /// The message is done with: remove metadata and its `parts` body parts.
     Remove { id: u64, parts: u32 },
+    /// A persistent setting.
+    Setting { key: &'static str, value: u64 },
     /// Finish what is queued, then stop the writer.
     Shutdown,
 }
@@ -86,6 +88,7 @@ fn apply(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
     {
         let mut meta = txn.open_table(META)?;
         let mut bodies = txn.open_table(BODIES)?;
+        let mut settings = txn.open_table(SETTINGS)?;
         for op in batch {
             match &op.kind {
                 OpKind::Insert { id, meta: m, body } => {
@@ -105,6 +108,9 @@ fn apply(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
                     for part in 0..*parts {
                         bodies.remove((*id, part))?;
                     }
+                }
+                OpKind::Setting { key, value } => {
+                    settings.insert(*key, *value)?;
                 }
                 OpKind::Shutdown => {}
             }

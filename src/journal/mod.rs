@@ -32,6 +32,9 @@ pub(crate) const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::n
 /// for 10.6 KB messages, against 1.60x with whole bodies).
 pub(crate) const PART: usize = 4000;
 
+/// Small persistent settings (the whole-queue hold).
+pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
+
 /// Journal failures. Sessions answer `452 4.3.1` to [`Error::Full`] and
 /// `451 4.3.0` to everything else; none of them is ever a `250`.
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +183,18 @@ impl Journal {
         Ok(())
     }
 
+    /// Stores a setting durably.
+    pub async fn set_setting(&self, key: &'static str, value: u64) -> Result<(), Error> {
+        self.submit(OpKind::Setting { key, value }).await
+    }
+
+    /// A stored setting, `None` if never set.
+    pub fn setting(&self, key: &str) -> Result<Option<u64>, Error> {
+        let txn = self.inner.db.begin_read()?;
+        let table = txn.open_table(SETTINGS)?;
+        Ok(table.get(key)?.map(|v| v.value()))
+    }
+
     /// The stored bytes of a message, `None` if it is not in the journal.
     pub fn body(&self, id: QueueId) -> Result<Option<Vec<u8>>, Error> {
         let txn = self.inner.db.begin_read()?;
@@ -256,6 +271,7 @@ fn ensure_tables(db: &Database) -> Result<(), Error> {
     let txn = db.begin_write()?;
     txn.open_table(META)?;
     txn.open_table(BODIES)?;
+    txn.open_table(SETTINGS)?;
     txn.commit()?;
     Ok(())
 }

@@ -1,0 +1,196 @@
+//! One delivery attempt: load the bytes, deliver, record each recipient's
+//! outcome, commit the new state, and tell the drain what the backend's answer
+//! says about its load.
+
+use super::Status;
+use super::dispatcher::Shared;
+use super::drain::Signal;
+use super::outcome::Outcome;
+use crate::journal::{QueueId, RcptState, Record};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// What an attempt reports back to the dispatcher.
+pub(crate) struct Report {
+    pub record: Box<Record>,
+    pub status: Status,
+    pub signal: Signal,
+    pub took: Duration,
+}
+
+/// One delivery attempt: load the bytes, deliver, record every recipient's
+/// outcome, and commit the new state before reporting back.
+pub(super) async fn attempt(shared: &Shared, record: Record) -> Report {
+    let started = Instant::now();
+    let (record, status, signal) = run(shared, record).await;
+    Report {
+        record: Box::new(record),
+        status,
+        signal,
+        took: started.elapsed(),
+    }
+}
+
+async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal) {
+    let body = match shared.journal.body(record.id) {
+        Ok(Some(b)) => b,
+        Ok(None) => {
+            tracing::warn!(
+                "{} vanished from the journal; nothing to deliver",
+                record.id
+            );
+            return (record, Status::Removed, Signal::Neutral);
+        }
+        Err(e) => {
+            tracing::error!("{} cannot read message from journal: {e}", record.id);
+            record.next_attempt_ms = shared.clock.now_ms() + retry_delay_ms(shared, &record, 1);
+            return (record, Status::Kept, Signal::Neutral);
+        }
+    };
+    let result = shared.backends.deliver(&record, &body).await;
+    drop(body);
+    record.attempts += 1;
+    let backend = result.backend.as_deref().unwrap_or("none");
+    let next_ms = shared.clock.now_ms() + retry_delay_ms(shared, &record, record.attempts);
+    let signal = signal_of(result.backend.is_some(), &result.outcomes);
+    for (i, outcome) in result.outcomes {
+        shared.metrics.attempt(backend, outcome.label());
+        let rcpt = &mut record.rcpts[i];
+        log_outcome(record.id, &rcpt.address, backend, &outcome, next_ms);
+        rcpt.state = match outcome {
+            Outcome::Delivered(reply) => RcptState::Delivered {
+                backend: backend.to_owned(),
+                reply,
+            },
+            Outcome::Deferred(reply) => RcptState::Deferred {
+                reply,
+                attempts: record.attempts,
+            },
+            Outcome::Failed(reply) => RcptState::Failed { reply },
+        };
+    }
+    record.next_attempt_ms = next_ms;
+    let (record, status) = commit_state(shared, record).await;
+    (record, status, signal)
+}
+
+/// The retry delay with +-15% jitter, so a backlog deferred in one wave does
+/// not come back in one wave.
+fn retry_delay_ms(shared: &Shared, record: &Record, attempts: u32) -> u64 {
+    let base = shared.retry.delay(attempts).as_millis() as u64;
+    let seed = record.id.0 ^ (u64::from(attempts) << 48) ^ shared.clock.now_ms();
+    jitter(base, seed)
+}
+
+/// `base` scaled by a factor in [0.85, 1.15] drawn from `seed` (xorshift64*).
+pub(crate) fn jitter(base: u64, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 40; // 24 random bits
+    let factor = 0.85 + 0.30 * (r as f64 / (1u64 << 24) as f64);
+    (base as f64 * factor) as u64
+}
+
+/// What the attempt says about the backend's load: no backend reachable or any
+/// 4xx is trouble, any 2xx is health, anything else (5xx only) says nothing.
+fn signal_of(reached: bool, outcomes: &[(usize, Outcome)]) -> Signal {
+    if !reached
+        || outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Deferred(_)))
+    {
+        Signal::Trouble
+    } else if outcomes
+        .iter()
+        .any(|(_, o)| matches!(o, Outcome::Delivered(_)))
+    {
+        Signal::Healthy
+    } else {
+        Signal::Neutral
+    }
+}
+
+/// Saves the state after an attempt: a fully delivered message is removed, any
+/// other is saved (deferred recipients wait; failed ones stay on record).
+async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
+    let all_delivered = record
+        .rcpts
+        .iter()
+        .all(|r| matches!(r.state, RcptState::Delivered { .. }));
+    if all_delivered {
+        match shared.journal.remove(&record).await {
+            Ok(()) => {
+                shared.metrics.messages_delivered.inc();
+                tracing::info!("{} removed: delivered to all recipients", record.id);
+                return (record, Status::Removed);
+            }
+            Err(e) => tracing::error!(
+                "{} delivered but not removed from journal (will be re-sent after a restart): {e}",
+                record.id
+            ),
+        }
+        return (record, Status::Kept);
+    }
+    if let Err(e) = shared.journal.save(&record).await {
+        tracing::error!(
+            "{} state not saved (a restart repeats this attempt): {e}",
+            record.id
+        );
+    }
+    (record, Status::Kept)
+}
+
+fn log_outcome(id: QueueId, rcpt: &str, backend: &str, outcome: &Outcome, next_ms: u64) {
+    match outcome {
+        Outcome::Delivered(reply) => {
+            tracing::info!("{id} delivered to=<{rcpt}> backend={backend} reply=\"{reply}\"")
+        }
+        Outcome::Deferred(reply) => {
+            let next = chrono::DateTime::from_timestamp_millis(next_ms as i64)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            tracing::info!(
+                "{id} deferred to=<{rcpt}> backend={backend} reason=\"{reply}\" next_attempt={next}"
+            )
+        }
+        Outcome::Failed(reply) => {
+            tracing::warn!("{id} failed to=<{rcpt}> backend={backend} reply=\"{reply}\"")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_15_percent_and_spreads() {
+        let base = 60_000;
+        let values: Vec<u64> = (0..1000u64)
+            .map(|i| jitter(base, i.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+            .collect();
+        assert!(values.iter().all(|&v| (51_000..=69_000).contains(&v)));
+        let (lo, hi) = (values.iter().min().unwrap(), values.iter().max().unwrap());
+        assert!(hi - lo > 12_000, "spread {lo}..{hi}");
+    }
+
+    #[test]
+    fn signals() {
+        let d = |o: Outcome| vec![(0, o)];
+        assert_eq!(signal_of(false, &[]), Signal::Trouble);
+        assert_eq!(
+            signal_of(true, &d(Outcome::Delivered("250".into()))),
+            Signal::Healthy
+        );
+        assert_eq!(
+            signal_of(true, &d(Outcome::Deferred("421".into()))),
+            Signal::Trouble
+        );
+        assert_eq!(
+            signal_of(true, &d(Outcome::Failed("550".into()))),
+            Signal::Neutral
+        );
+    }
+}
