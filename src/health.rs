@@ -124,6 +124,20 @@ impl Health {
         }
     }
 
+    /// Counts every backend as up again (an admin flush, like Postfix's
+    /// `postqueue -f` flushing dead destinations). A backend that is still down
+    /// fails its next attempts and goes down again after `fall` failures.
+    pub fn reset_all_up(&self) {
+        for (name, c) in &self.circuits {
+            let mut c = c.lock().expect("circuit");
+            if !c.is_up() {
+                *c = Circuit::new(c.fall, c.rise);
+                self.metrics.backend_up.with_label_values(&[name]).set(1);
+            }
+        }
+        self.changed.send_modify(|g| *g += 1);
+    }
+
     /// A receiver that sees a new value after every up/down change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()

@@ -159,7 +159,10 @@ impl Dispatcher {
                 self.all.insert(r.id);
                 self.file(*r);
             }
-            Event::Flush => self.make_all_due("flush"),
+            Event::Flush => {
+                self.shared.gate.health().reset_all_up();
+                self.make_all_due("flush");
+            }
             Event::Reopen(why) => self.reopen_if_open(why),
             Event::HoldMessage { id, held, done } => {
                 let result = match self.hold_message(id, held) {

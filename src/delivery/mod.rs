@@ -62,7 +62,8 @@ impl Queue {
         let _ = self.tx.send(Event::New(Box::new(record)));
     }
 
-    /// Makes every deferred message due now (`breakwater queue flush`).
+    /// Makes every deferred message due now and gives backends counted as down
+    /// another chance (`breakwater queue flush`, like `postqueue -f`).
     pub fn flush(&self) {
         let _ = self.tx.send(Event::Flush);
     }
