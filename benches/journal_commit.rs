@@ -30,11 +30,13 @@ fn record(j: &Journal) -> Record {
             orcpt: None,
             notify: 0,
             state: RcptState::Pending,
+            dsn_sent: false,
         }],
         size: SIZE as u64,
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
+        bounce: false,
     }
 }
 

@@ -3,10 +3,12 @@
 //! says about its load.
 
 use super::Status;
+use super::client::Attempt;
 use super::dispatcher::Shared;
 use super::drain::Signal;
+use super::dsn;
 use super::outcome::Outcome;
-use crate::journal::{QueueId, RcptState, Record};
+use crate::journal::{Envelope, MailParams, QueueId, RcptState, Recipient, Record};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -16,22 +18,25 @@ pub(crate) struct Report {
     pub status: Status,
     pub signal: Signal,
     pub took: Duration,
+    /// A DSN the attempt queued, to be scheduled.
+    pub notice: Option<Box<Record>>,
 }
 
 /// One delivery attempt: load the bytes, deliver, record every recipient's
 /// outcome, and commit the new state before reporting back.
 pub(super) async fn attempt(shared: &Shared, record: Record) -> Report {
     let started = Instant::now();
-    let (record, status, signal) = run(shared, record).await;
+    let (record, status, signal, notice) = run(shared, record).await;
     Report {
         record: Box::new(record),
         status,
         signal,
         took: started.elapsed(),
+        notice: notice.map(Box::new),
     }
 }
 
-async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal) {
+async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Option<Record>) {
     let body = match shared.journal.body(record.id) {
         Ok(Some(b)) => b,
         Ok(None) => {
@@ -39,29 +44,56 @@ async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal) {
                 "{} vanished from the journal; nothing to deliver",
                 record.id
             );
-            return (record, Status::Removed, Signal::Neutral);
+            return (record, Status::Removed, Signal::Neutral, None);
         }
         Err(e) => {
             tracing::error!("{} cannot read message from journal: {e}", record.id);
             record.next_attempt_ms = shared.clock.now_ms() + retry_delay_ms(shared, &record, 1);
-            return (record, Status::Kept, Signal::Neutral);
+            return (record, Status::Kept, Signal::Neutral, None);
         }
     };
-    let result = shared.backends.deliver(&record, &body).await;
+    let now = shared.clock.now_ms();
+    let mut signal = Signal::Neutral;
+    let mut relayed = Vec::new();
+    let mut remote = None;
+    if expire(&mut record, now, shared.lifetime_ms) {
+        tracing::warn!(
+            "{} expired: queued longer than delivery.max_queue_lifetime",
+            record.id
+        );
+    } else if record.has_open_recipients() {
+        let result = shared.backends.deliver(&record, &body).await;
+        signal = signal_of(result.backend.is_some(), &result.outcomes);
+        relayed = apply(shared, &mut record, &result);
+        remote = result.backend;
+    }
+    let notice = notify(shared, &mut record, &body, &relayed, remote.as_deref()).await;
     drop(body);
+    let (record, status) = commit_state(shared, record).await;
+    (record, status, signal, notice)
+}
+
+/// Records each recipient's outcome; returns the recipients delivered with
+/// NOTIFY=SUCCESS through a backend that could not take the DSN request.
+fn apply(shared: &Shared, record: &mut Record, result: &Attempt) -> Vec<usize> {
     record.attempts += 1;
     let backend = result.backend.as_deref().unwrap_or("none");
-    let next_ms = shared.clock.now_ms() + retry_delay_ms(shared, &record, record.attempts);
-    let signal = signal_of(result.backend.is_some(), &result.outcomes);
-    for (i, outcome) in result.outcomes {
+    let next_ms = shared.clock.now_ms() + retry_delay_ms(shared, record, record.attempts);
+    let mut relayed = Vec::new();
+    for (i, outcome) in &result.outcomes {
         shared.metrics.attempt(backend, outcome.label());
-        let rcpt = &mut record.rcpts[i];
-        log_outcome(record.id, &rcpt.address, backend, &outcome, next_ms);
-        rcpt.state = match outcome {
-            Outcome::Delivered(reply) => RcptState::Delivered {
-                backend: backend.to_owned(),
-                reply,
-            },
+        let rcpt = &mut record.rcpts[*i];
+        log_outcome(record.id, &rcpt.address, backend, outcome, next_ms);
+        rcpt.state = match outcome.clone() {
+            Outcome::Delivered(reply) => {
+                if rcpt.wants_success_notice() && !result.dsn_passed {
+                    relayed.push(*i);
+                }
+                RcptState::Delivered {
+                    backend: backend.to_owned(),
+                    reply,
+                }
+            }
             Outcome::Deferred(reply) => RcptState::Deferred {
                 reply,
                 attempts: record.attempts,
@@ -70,8 +102,144 @@ async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal) {
         };
     }
     record.next_attempt_ms = next_ms;
-    let (record, status) = commit_state(shared, record).await;
-    (record, status, signal)
+    relayed
+}
+
+/// Fails every open recipient of a message older than `lifetime_ms` at `now_ms`
+/// (RFC 3463 4.4.7). Returns true if it did. Pure: tested with a table.
+pub(crate) fn expire(record: &mut Record, now_ms: u64, lifetime_ms: u64) -> bool {
+    if now_ms.saturating_sub(record.envelope.arrived_ms) <= lifetime_ms
+        || !record.has_open_recipients()
+    {
+        return false;
+    }
+    for r in record.rcpts.iter_mut().filter(|r| r.state.is_open()) {
+        let last = match &r.state {
+            RcptState::Deferred { reply, .. } => format!(" (last reply: {reply})"),
+            _ => String::new(),
+        };
+        r.state = RcptState::Failed {
+            reply: format!("451 4.4.7 message expired after delivery.max_queue_lifetime{last}"),
+        };
+    }
+    true
+}
+
+/// Queues the DSNs an attempt calls for: failures the sender wants to hear
+/// about, and "relayed" notices. Marks the recipients so no DSN is sent twice.
+/// A message from the null sender (itself a bounce) is never bounced.
+async fn notify(
+    shared: &Shared,
+    record: &mut Record,
+    body: &[u8],
+    relayed: &[usize],
+    remote: Option<&str>,
+) -> Option<Record> {
+    let mut entries = Vec::new();
+    let mut marked = Vec::new();
+    for (i, r) in record.rcpts.iter_mut().enumerate() {
+        let RcptState::Failed { reply } = &r.state else {
+            continue;
+        };
+        if r.dsn_sent {
+            continue;
+        }
+        r.dsn_sent = true;
+        marked.push(i);
+        if r.wants_failure_notice() {
+            entries.push(entry(r, dsn::Action::Failed, reply.clone(), remote));
+        } else {
+            tracing::info!(
+                "{} no DSN for <{}>: NOTIFY excludes FAILURE",
+                record.id,
+                r.address
+            );
+        }
+    }
+    for &i in relayed {
+        let r = &record.rcpts[i];
+        if let RcptState::Delivered { reply, .. } = &r.state {
+            entries.push(entry(r, dsn::Action::Relayed, reply.clone(), remote));
+        }
+    }
+    if entries.is_empty() {
+        return None;
+    }
+    if record.envelope.mail_from.is_empty() || record.bounce {
+        tracing::warn!(
+            "{} not bounced: null sender (a bounce is never bounced); dropped",
+            record.id
+        );
+        return None;
+    }
+    let failed = entries.iter().any(|e| e.action == dsn::Action::Failed);
+    let now =
+        chrono::DateTime::from_timestamp_millis(shared.clock.now_ms() as i64).unwrap_or_default();
+    let bytes = dsn::build(&shared.hostname, record, body, &entries, now);
+    let notice = dsn_record(shared, record, bytes.len() as u64);
+    match shared.journal.enqueue(&notice, bytes).await {
+        Ok(()) => {
+            if failed {
+                shared.metrics.messages_bounced.inc();
+            }
+            let kind = if failed { "bounced" } else { "relayed notice" };
+            tracing::info!(
+                "{} {kind}: DSN {} to <{}>",
+                record.id,
+                notice.id,
+                record.envelope.mail_from
+            );
+            Some(notice)
+        }
+        Err(e) => {
+            tracing::error!(
+                "{} DSN not queued (retried after a restart): {e}",
+                record.id
+            );
+            for i in marked {
+                record.rcpts[i].dsn_sent = false;
+            }
+            None
+        }
+    }
+}
+
+fn entry(r: &Recipient, action: dsn::Action, reply: String, remote: Option<&str>) -> dsn::Entry {
+    dsn::Entry {
+        address: r.address.clone(),
+        orcpt: r.orcpt.clone(),
+        action,
+        reply,
+        remote_mta: remote.map(str::to_owned),
+    }
+}
+
+/// The journal record of a DSN about `original`: from `<>` to its sender.
+fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
+    let now = shared.clock.now_ms();
+    Record {
+        id: shared.journal.next_id(),
+        envelope: Envelope {
+            mail_from: String::new(),
+            params: MailParams::default(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            helo: shared.hostname.clone(),
+            tls: false,
+            arrived_ms: now,
+        },
+        rcpts: vec![Recipient {
+            address: original.envelope.mail_from.clone(),
+            orcpt: None,
+            notify: 0,
+            state: RcptState::Pending,
+            dsn_sent: false,
+        }],
+        size,
+        attempts: 0,
+        next_attempt_ms: 0,
+        held: false,
+        bounce: true,
+    }
 }
 
 /// The retry delay with +-15% jitter, so a backlog deferred in one wave does
@@ -112,22 +280,30 @@ fn signal_of(reached: bool, outcomes: &[(usize, Outcome)]) -> Signal {
     }
 }
 
-/// Saves the state after an attempt: a fully delivered message is removed, any
-/// other is saved (deferred recipients wait; failed ones stay on record).
+/// Saves the state after an attempt: a message with nothing left to do (every
+/// recipient delivered, or failed and its sender told) is removed; any other is
+/// saved (deferred recipients wait for their retry time).
 async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
-    let all_delivered = record
-        .rcpts
-        .iter()
-        .all(|r| matches!(r.state, RcptState::Delivered { .. }));
-    if all_delivered {
+    if record.rcpts.iter().all(|r| r.is_settled()) {
         match shared.journal.remove(&record).await {
             Ok(()) => {
-                shared.metrics.messages_delivered.inc();
-                tracing::info!("{} removed: delivered to all recipients", record.id);
+                let delivered = record
+                    .rcpts
+                    .iter()
+                    .all(|r| matches!(r.state, RcptState::Delivered { .. }));
+                if delivered {
+                    shared.metrics.messages_delivered.inc();
+                }
+                let how = if delivered {
+                    "delivered to all recipients"
+                } else {
+                    "done (failures reported)"
+                };
+                tracing::info!("{} removed: {how}", record.id);
                 return (record, Status::Removed);
             }
             Err(e) => tracing::error!(
-                "{} delivered but not removed from journal (will be re-sent after a restart): {e}",
+                "{} done but not removed from journal (a restart repeats the last attempt): {e}",
                 record.id
             ),
         }
@@ -174,6 +350,62 @@ mod tests {
         assert!(values.iter().all(|&v| (51_000..=69_000).contains(&v)));
         let (lo, hi) = (values.iter().min().unwrap(), values.iter().max().unwrap());
         assert!(hi - lo > 12_000, "spread {lo}..{hi}");
+    }
+
+    #[test]
+    fn expiry_table() {
+        use crate::journal::{Envelope, MailParams, QueueId, Recipient};
+        let rcpt = |state| Recipient {
+            address: "a@example.com".into(),
+            orcpt: None,
+            notify: 0,
+            state,
+            dsn_sent: false,
+        };
+        let record = |states: Vec<RcptState>| Record {
+            id: QueueId(1),
+            envelope: Envelope {
+                mail_from: "s@client.test".into(),
+                params: MailParams::default(),
+                client_ip: "127.0.0.1".parse().unwrap(),
+                helo: "c".into(),
+                tls: false,
+                arrived_ms: 1_000_000,
+            },
+            rcpts: states.into_iter().map(rcpt).collect(),
+            size: 0,
+            attempts: 0,
+            next_attempt_ms: 0,
+            held: false,
+            bounce: false,
+        };
+        let deferred = || RcptState::Deferred {
+            reply: "451 4.3.0 later".into(),
+            attempts: 3,
+        };
+        let delivered = || RcptState::Delivered {
+            backend: "b0".into(),
+            reply: "250 ok".into(),
+        };
+        let day = 86_400_000;
+        // (arrival + age, lifetime, states, expired?)
+        let cases = [
+            (5 * day, 5 * day, vec![deferred()], false),
+            (5 * day + 1, 5 * day, vec![deferred()], true),
+            (10 * day, 5 * day, vec![RcptState::Pending], true),
+            (10 * day, 5 * day, vec![delivered()], false),
+            (10 * day, 5 * day, vec![delivered(), deferred()], true),
+        ];
+        for (age, lifetime, states, want) in cases {
+            let mut r = record(states);
+            assert_eq!(expire(&mut r, 1_000_000 + age, lifetime), want, "age {age}");
+            if want {
+                assert!(r.rcpts.iter().all(|x| !x.state.is_open()));
+                assert!(r.rcpts.iter().any(
+                    |x| matches!(&x.state, RcptState::Failed { reply } if reply.contains("4.4.7"))
+                ));
+            }
+        }
     }
 
     #[test]

@@ -2,13 +2,15 @@
 //! transaction per message with a reply per recipient (mail-send underneath).
 
 use super::gate::Gate;
+use super::mx::{Hops, Router};
 use super::outcome::Outcome;
 use crate::config;
-use crate::journal::Record;
+use crate::journal::{Recipient, Record};
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_CHUNKING, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
+    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,9 @@ pub struct Attempt {
     pub backend: Option<String>,
     /// One outcome per open recipient: (index into `record.rcpts`, outcome).
     pub outcomes: Vec<(usize, Outcome)>,
+    /// The backend took the DSN request along (it offers DSN), so NOTIFY=SUCCESS
+    /// is its business now, not ours.
+    pub dsn_passed: bool,
 }
 
 /// A live connection to a backend, after EHLO.
@@ -50,6 +55,8 @@ pub struct Backends {
     helo: String,
     rotation: AtomicUsize,
     gate: Arc<Gate>,
+    bounces: Router,
+    bounce_timeouts: config::Backend,
 }
 
 impl Backends {
@@ -60,6 +67,7 @@ impl Backends {
         cfgs: &[config::Backend],
         concurrency: usize,
         helo: &str,
+        bounce_relay: Option<String>,
         gate: Arc<Gate>,
     ) -> Backends {
         let mut list: Vec<Backend> = cfgs
@@ -76,6 +84,8 @@ impl Backends {
             helo: helo.to_owned(),
             rotation: AtomicUsize::new(0),
             gate,
+            bounces: Router::new(bounce_relay),
+            bounce_timeouts: config::Backend::named("bounce"),
         }
     }
 
@@ -107,6 +117,9 @@ impl Backends {
     /// Delivers `body` for every open recipient of `record`: the first backend that
     /// can be reached gets the transaction; connection failures move on to the next.
     pub async fn deliver(&self, record: &Record, body: &[u8]) -> Attempt {
+        if record.bounce {
+            return self.deliver_bounce(record, body).await;
+        }
         let mut last_error = String::from("no backend may take mail now (down or in quiet time)");
         for i in self.order() {
             let backend = &self.list[i];
@@ -121,10 +134,11 @@ impl Backends {
             // outage is noticed between probes.
             self.gate.health().report(&backend.cfg.name, result.is_ok());
             match result {
-                Ok(outcomes) => {
+                Ok((outcomes, dsn_passed)) => {
                     return Attempt {
                         backend: Some(backend.cfg.name.clone()),
                         outcomes,
+                        dsn_passed,
                     };
                 }
                 Err(e) => {
@@ -133,11 +147,54 @@ impl Backends {
                 }
             }
         }
-        let outcome = Outcome::unreachable(&last_error);
-        Attempt {
-            backend: None,
-            outcomes: open_rcpts(record).map(|i| (i, outcome.clone())).collect(),
+        unreachable(record, &last_error)
+    }
+
+    /// Delivers a DSN to its recipient's mail server (or `bounce.relay`): a fresh
+    /// connection per hop, no pooling, no backend gate.
+    async fn deliver_bounce(&self, record: &Record, body: &[u8]) -> Attempt {
+        let Some(rcpt) = record.rcpts.first() else {
+            return unreachable(record, "DSN without recipient");
+        };
+        let hops = match self.bounces.hops(&rcpt.address).await {
+            Hops::Try(hops) => hops,
+            Hops::NullMx => {
+                let failed = Outcome::Failed(
+                    "556 5.1.10 recipient domain publishes a null MX (RFC 7505)".into(),
+                );
+                return Attempt {
+                    backend: None,
+                    outcomes: open_rcpts(record).map(|i| (i, failed.clone())).collect(),
+                    dsn_passed: false,
+                };
+            }
+            Hops::Unresolved(e) => return unreachable(record, &e),
+        };
+        let mut last_error = String::from("no next hop");
+        for hop in hops {
+            let cfg = config::Backend {
+                address: hop.clone(),
+                ..self.bounce_timeouts.clone()
+            };
+            let mut conn = match connect(&cfg, &self.helo).await {
+                Ok(c) => c,
+                Err(e) => {
+                    last_error = format!("{hop}: {e}");
+                    continue;
+                }
+            };
+            let result = transaction(&mut conn, record, body).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), conn.client.quit()).await;
+            if let Ok(outcomes) = result {
+                return Attempt {
+                    backend: Some(hop),
+                    outcomes,
+                    dsn_passed: false,
+                };
+            }
+            last_error = format!("{hop}: connection lost");
         }
+        unreachable(record, &last_error)
     }
 
     /// One transaction on `backend`. `Err` means no transaction could start
@@ -148,21 +205,23 @@ impl Backends {
         backend: &Backend,
         record: &Record,
         body: &[u8],
-    ) -> Result<Vec<(usize, Outcome)>, mail_send::Error> {
+    ) -> Result<(Vec<(usize, Outcome)>, bool), mail_send::Error> {
         if let Some(mut conn) = take_idle(backend) {
             // Err(Stale): closed while idle, so fall through to a fresh connection.
             if let Ok(outcomes) = transaction(&mut conn, record, body).await {
+                let dsn = conn.caps & EXT_DSN != 0;
                 put_idle(backend, conn);
-                return Ok(outcomes);
+                return Ok((outcomes, dsn));
             }
         }
         let mut conn = connect(&backend.cfg, &self.helo).await?;
         match transaction(&mut conn, record, body).await {
             Ok(outcomes) => {
+                let dsn = conn.caps & EXT_DSN != 0;
                 if outcomes.iter().all(|(_, o)| !is_connection_loss(o)) {
                     put_idle(backend, conn);
                 }
-                Ok(outcomes)
+                Ok((outcomes, dsn))
             }
             Err(Stale) => Err(mail_send::Error::Io(std::io::Error::other(
                 "connection closed by backend",
@@ -178,6 +237,16 @@ impl Backends {
                 let _ = tokio::time::timeout(Duration::from_secs(1), c.client.quit()).await;
             }
         }
+    }
+}
+
+/// Every open recipient deferred: no server could be reached.
+fn unreachable(record: &Record, detail: &str) -> Attempt {
+    let outcome = Outcome::unreachable(detail);
+    Attempt {
+        backend: None,
+        outcomes: open_rcpts(record).map(|i| (i, outcome.clone())).collect(),
+        dsn_passed: false,
     }
 }
 
@@ -258,7 +327,7 @@ async fn transaction(
     cmds.extend(
         rcpts
             .iter()
-            .map(|&i| format!("RCPT TO:<{}>\r\n", record.rcpts[i].address)),
+            .map(|&i| rcpt_command(conn.caps, &record.rcpts[i])),
     );
     let replies = match send_envelope(conn, cmds).await {
         Ok(r) => r,
@@ -367,6 +436,56 @@ fn mail_command(caps: u32, record: &Record, size: usize) -> String {
     if p.smtputf8 && caps & EXT_SMTP_UTF8 != 0 {
         cmd.push_str(" SMTPUTF8");
     }
+    if caps & EXT_DSN != 0 {
+        match p.ret_full {
+            Some(true) => cmd.push_str(" RET=FULL"),
+            Some(false) => cmd.push_str(" RET=HDRS"),
+            None => {}
+        }
+        if let Some(envid) = &p.envid {
+            cmd.push_str(&format!(" ENVID={}", xtext(envid)));
+        }
+    }
     cmd.push_str("\r\n");
     cmd
+}
+
+/// `RCPT TO:<..>` with NOTIFY/ORCPT passed on to a backend that offers DSN.
+fn rcpt_command(caps: u32, r: &Recipient) -> String {
+    let mut cmd = format!("RCPT TO:<{}>", r.address);
+    if caps & EXT_DSN != 0 {
+        let n = r.notify;
+        if n & RCPT_NOTIFY_NEVER != 0 {
+            cmd.push_str(" NOTIFY=NEVER");
+        } else if n != 0 {
+            let words: Vec<&str> = [
+                (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+                (RCPT_NOTIFY_FAILURE, "FAILURE"),
+                (RCPT_NOTIFY_DELAY, "DELAY"),
+            ]
+            .iter()
+            .filter(|(bit, _)| n & bit != 0)
+            .map(|(_, w)| *w)
+            .collect();
+            cmd.push_str(&format!(" NOTIFY={}", words.join(",")));
+        }
+        if let Some(orcpt) = &r.orcpt {
+            cmd.push_str(&format!(" ORCPT={}", xtext(orcpt)));
+        }
+    }
+    cmd.push_str("\r\n");
+    cmd
+}
+
+/// xtext (RFC 3461 4): `+`, `=`, controls, space and non-ASCII as `+XX`.
+fn xtext(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("+{b:02X}"));
+        }
+    }
+    out
 }

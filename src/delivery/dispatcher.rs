@@ -9,6 +9,7 @@ use super::attempt::{Report, attempt};
 use super::client::Backends;
 use super::drain::Drain;
 use super::gate::Gate;
+use super::lane::Lane;
 use super::retry::RetryPolicy;
 use super::{Event, Status};
 use crate::admin::metrics::Metrics;
@@ -57,6 +58,8 @@ impl Default for Clock {
 /// What delivery tasks share.
 pub(crate) struct Shared {
     pub journal: Journal,
+    pub hostname: String,
+    pub lifetime_ms: u64,
     pub gate: Arc<Gate>,
     pub backends: Backends,
     pub retry: RetryPolicy,
@@ -74,10 +77,10 @@ pub struct Dispatcher {
     paused: bool,
     /// Every record not in flight, by id.
     records: HashMap<QueueId, Record>,
-    /// Due now, oldest first.
-    ready: BTreeSet<QueueId>,
-    /// Waiting for their retry time.
-    waiting: BTreeSet<(u64, QueueId)>,
+    /// Mail for the backends.
+    mail: Lane,
+    /// DSNs: they go to senders' servers, so backend gates don't hold them.
+    bounces: Lane,
     /// Every id in the journal (ids sort by arrival: the first is the oldest).
     all: BTreeSet<QueueId>,
     in_flight: usize,
@@ -98,8 +101,8 @@ impl Dispatcher {
             drain,
             paused: false,
             records: HashMap::new(),
-            ready: BTreeSet::new(),
-            waiting: BTreeSet::new(),
+            mail: Lane::default(),
+            bounces: Lane::default(),
             all: BTreeSet::new(),
             in_flight: 0,
         };
@@ -140,17 +143,29 @@ impl Dispatcher {
         self.shared.backends.close_idle().await;
     }
 
-    /// Puts a record where it belongs: ready, waiting for its time, or parked.
+    /// Puts a record where it belongs: ready, waiting for its time, or parked
+    /// (held). A record whose failures are not reported yet (the DSN could not be
+    /// queued) is ready too: its attempt only queues the DSN.
     fn file(&mut self, r: Record) {
         let id = r.id;
-        if r.has_open_recipients() && !r.held {
-            if r.next_attempt_ms <= self.shared.clock.now_ms() {
-                self.ready.insert(id);
-            } else {
-                self.waiting.insert((r.next_attempt_ms, id));
-            }
+        let unreported = r
+            .rcpts
+            .iter()
+            .any(|x| !x.state.is_open() && !x.is_settled());
+        if (r.has_open_recipients() || unreported) && !r.held {
+            let due = if unreported { 0 } else { r.next_attempt_ms };
+            let now = self.shared.clock.now_ms();
+            self.lane(r.bounce).file(id, due, now);
         }
         self.records.insert(id, r);
+    }
+
+    fn lane(&mut self, bounce: bool) -> &mut Lane {
+        if bounce {
+            &mut self.bounces
+        } else {
+            &mut self.mail
+        }
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -185,6 +200,10 @@ impl Dispatcher {
     fn finished(&mut self, report: Report) {
         self.in_flight -= 1;
         self.drain.record(report.signal, report.took);
+        if let Some(notice) = report.notice {
+            self.all.insert(notice.id);
+            self.file(*notice);
+        }
         match report.status {
             Status::Removed => {
                 self.all.remove(&report.record.id);
@@ -202,8 +221,7 @@ impl Dispatcher {
                 format!("{id} is not in the queue")
             });
         };
-        self.ready.remove(&id);
-        self.waiting.remove(&(r.next_attempt_ms, id));
+        self.lane(r.bounce).remove(id, r.next_attempt_ms);
         r.held = held;
         if !held {
             r.next_attempt_ms = 0;
@@ -222,10 +240,7 @@ impl Dispatcher {
     }
 
     fn make_all_due(&mut self, why: &str) {
-        let n = self.waiting.len();
-        for (_, id) in std::mem::take(&mut self.waiting) {
-            self.ready.insert(id);
-        }
+        let n = self.mail.all_due() + self.bounces.all_due();
         if n > 0 {
             tracing::info!("{why}: {n} deferred messages due now");
         }
@@ -233,60 +248,73 @@ impl Dispatcher {
 
     fn promote_due(&mut self) {
         let now = self.shared.clock.now_ms();
-        while let Some(&(due, id)) = self.waiting.first() {
-            if due > now {
-                break;
-            }
-            self.waiting.pop_first();
-            self.ready.insert(id);
-        }
+        self.mail.promote(now);
+        self.bounces.promote(now);
     }
 
     fn launch(&mut self) {
+        while self.in_flight < self.drain.limit() {
+            let Some(id) = self.bounces.pop_ready() else {
+                break;
+            };
+            self.start(id);
+        }
         if !self.shared.gate.is_open() {
             self.paused = true;
             return;
         }
-        if self.paused && !self.ready.is_empty() {
+        if self.paused && self.mail.ready_len() > 0 {
             self.paused = false;
             self.drain.restart(Instant::now());
             tracing::info!(
                 "delivery resumes: {} messages ready, slow start",
-                self.ready.len()
+                self.mail.ready_len()
             );
         }
-        while self.in_flight < self.drain.limit() && !self.ready.is_empty() {
+        while self.in_flight < self.drain.limit() && self.mail.ready_len() > 0 {
             if !self.drain.try_start(Instant::now()) {
                 return;
             }
-            let Some(id) = self.ready.pop_first() else {
+            let Some(id) = self.mail.pop_ready() else {
                 return;
             };
-            let Some(record) = self.records.remove(&id) else {
-                continue;
-            };
-            self.in_flight += 1;
-            let shared = self.shared.clone();
-            let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let report = attempt(&shared, record).await;
-                let _ = tx.send(Event::Done(report));
-            });
+            self.start(id);
         }
     }
 
+    /// Starts an attempt on a ready record.
+    fn start(&mut self, id: QueueId) {
+        let Some(record) = self.records.remove(&id) else {
+            return;
+        };
+        self.in_flight += 1;
+        let shared = self.shared.clone();
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let report = attempt(&shared, record).await;
+            let _ = tx.send(Event::Done(report));
+        });
+    }
+
     /// When the loop must look again without an event: the next start the rate
-    /// allows, or the next retry time.
+    /// allows, or the next retry time (only DSNs' while the gate is shut).
     fn next_wake(&self) -> Option<Instant> {
-        if self.in_flight >= self.drain.limit() || !self.shared.gate.is_open() {
+        if self.in_flight >= self.drain.limit() {
             return None;
         }
-        if !self.ready.is_empty() {
+        let bounce = self.bounces.next_due();
+        let mail = if !self.shared.gate.is_open() {
+            None
+        } else if self.mail.ready_len() > 0 {
             return self.drain.next_start();
-        }
-        self.waiting
-            .first()
-            .map(|&(due, _)| self.shared.clock.instant_at(due))
+        } else {
+            self.mail.next_due()
+        };
+        let due = match (mail, bounce) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        due.map(|ms| self.shared.clock.instant_at(ms))
     }
 
     fn next_quiet_change(&self) -> Option<Instant> {

@@ -5,7 +5,10 @@ mod attempt;
 pub mod client;
 pub mod dispatcher;
 pub mod drain;
+pub mod dsn;
 pub mod gate;
+pub mod lane;
+pub mod mx;
 pub mod outcome;
 pub mod retry;
 
@@ -123,10 +126,13 @@ pub fn dispatcher(
         &config.backend,
         config.delivery.concurrency,
         &config.hostname,
+        config.bounce.relay.clone(),
         gate.clone(),
     );
     let shared = Shared {
         journal: journal.clone(),
+        hostname: config.hostname.clone(),
+        lifetime_ms: config.delivery.max_queue_lifetime.0.as_millis() as u64,
         gate: gate.clone(),
         backends,
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),

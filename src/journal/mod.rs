@@ -345,11 +345,13 @@ mod tests {
                 orcpt: None,
                 notify: 0,
                 state: RcptState::Pending,
+                dsn_sent: false,
             }],
             size: size as u64,
             attempts: 0,
             next_attempt_ms: 0,
             held: false,
+            bounce: false,
         }
     }
 

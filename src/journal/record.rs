@@ -109,6 +109,32 @@ pub struct Recipient {
     pub notify: u64,
     /// Delivery state.
     pub state: RcptState,
+    /// A DSN about this recipient has been queued (or was deliberately not sent).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dsn_sent: bool,
+}
+
+impl Recipient {
+    /// True once nothing more will happen for this recipient: delivered, or
+    /// failed and the sender told (or deliberately not told).
+    pub fn is_settled(&self) -> bool {
+        match self.state {
+            RcptState::Delivered { .. } => true,
+            RcptState::Failed { .. } => self.dsn_sent,
+            _ => false,
+        }
+    }
+
+    /// True if the sender wants a DSN when this recipient fails (RFC 3461:
+    /// no NOTIFY means FAILURE and DELAY; NOTIFY=NEVER means none).
+    pub fn wants_failure_notice(&self) -> bool {
+        self.notify == 0 || self.notify & smtp_proto::RCPT_NOTIFY_FAILURE != 0
+    }
+
+    /// True if the sender asked to hear about success (NOTIFY=SUCCESS).
+    pub fn wants_success_notice(&self) -> bool {
+        self.notify & smtp_proto::RCPT_NOTIFY_SUCCESS != 0
+    }
 }
 
 /// Per-recipient delivery state, saved after every attempt.
@@ -152,6 +178,10 @@ pub struct Record {
     /// Held by an admin: not delivered until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
+    /// A DSN we generated: it goes to the sender's mail server (or
+    /// `bounce.relay`), not to the backends, and is never bounced itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bounce: bool,
 }
 
 impl Record {
@@ -211,11 +241,13 @@ mod tests {
                     reply: "451 4.0.0 later".into(),
                     attempts: 2,
                 },
+                dsn_sent: false,
             }],
             size: 10,
             attempts: 2,
             next_attempt_ms: 9,
             held: false,
+            bounce: false,
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
     }

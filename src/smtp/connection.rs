@@ -314,6 +314,7 @@ async fn finish_message(s: &mut Session, body: Body) -> Reply {
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
+        bounce: false,
     };
     let ctx = s.ctx.clone();
     match ctx.journal.enqueue(&record, body.bytes).await {

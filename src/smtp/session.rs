@@ -140,6 +140,7 @@ impl Session {
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
+            "DSN".into(),
             "HELP".into(),
         ];
         let mut out = Vec::with_capacity(200);
@@ -224,6 +225,7 @@ impl Session {
                     | smtp_proto::RCPT_NOTIFY_DELAY
                     | smtp_proto::RCPT_NOTIFY_NEVER),
             state: RcptState::Pending,
+            dsn_sent: false,
         });
         Reply::RCPT_OK
     }
