@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 const N: usize = 30;
 const B0_UP: &str = "breakwater_backend_up{backend=\"b0\"}";
-/// `[health] interval` from the test config, and health::FAST_INTERVAL.
+/// `[health] interval` from the test config, and health::FAST_INTERVAL (the
+/// re-probe spacing is at most this: the monitor uses min(FAST_INTERVAL, interval)).
 const INTERVAL_MS: u128 = 200;
 const FAST_MS: u128 = 500;
 const RISE: u128 = 2;
