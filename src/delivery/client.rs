@@ -130,9 +130,11 @@ impl Backends {
                 continue;
             };
             let result = self.attempt_on(backend, record, body).await;
-            // A connection that could not be made counts as a failed probe, so an
-            // outage is noticed between probes.
-            self.gate.health().report(&backend.cfg.name, result.is_ok());
+            // A connection that could not be made, or broke mid-transaction, counts
+            // as a failed probe, so an outage is noticed between probes.
+            let healthy =
+                matches!(&result, Ok((o, _)) if !o.iter().any(|(_, x)| is_connection_loss(x)));
+            self.gate.health().report(&backend.cfg.name, healthy);
             match result {
                 Ok((outcomes, dsn_passed)) => {
                     return Attempt {
@@ -210,7 +212,9 @@ impl Backends {
             // Err(Stale): closed while idle, so fall through to a fresh connection.
             if let Ok(outcomes) = transaction(&mut conn, record, body).await {
                 let dsn = conn.caps & EXT_DSN != 0;
-                put_idle(backend, conn);
+                if !outcomes.iter().any(|(_, o)| is_connection_loss(o)) {
+                    put_idle(backend, conn);
+                }
                 return Ok((outcomes, dsn));
             }
         }

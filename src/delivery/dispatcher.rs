@@ -125,6 +125,7 @@ impl Dispatcher {
             self.update_gauges();
             let wake = self.next_wake();
             let quiet_change = self.next_quiet_change();
+            let was_open = self.shared.gate.is_open();
             tokio::select! {
                 ev = self.rx.recv() => match ev {
                     Some(ev) => self.handle(ev).await,
@@ -133,9 +134,9 @@ impl Dispatcher {
                 _ = sleep_until(wake) => {}
                 _ = sleep_until(quiet_change) => {
                     self.shared.gate.update_metric();
-                    self.reopen_if_open("quiet time ended");
+                    self.reopen_if_opened(was_open, "quiet time ended");
                 }
-                Ok(()) = health.changed() => self.reopen_if_open("a backend is up"),
+                Ok(()) = health.changed() => self.reopen_if_opened(was_open, "a backend is up"),
                 _ = shutdown.cancelled() => break,
             }
         }
@@ -178,7 +179,7 @@ impl Dispatcher {
                 self.shared.gate.health().reset_all_up();
                 self.make_all_due("flush");
             }
-            Event::Reopen(why) => self.reopen_if_open(why),
+            Event::Reopen(why) => self.reopen_if_opened(false, why),
             Event::HoldMessage { id, held, done } => {
                 let result = match self.hold_message(id, held) {
                     // Saved here, before any attempt can start on it, so a stale
@@ -232,9 +233,11 @@ impl Dispatcher {
     }
 
     /// After a pause (outage, quiet time, hold) the backlog goes now, not at
-    /// each message's retry time.
-    fn reopen_if_open(&mut self, why: &str) {
-        if self.shared.gate.is_open() {
+    /// each message's retry time. Only on the transition from shut to open: a
+    /// change while mail was flowing anyway (one of two backends going down)
+    /// leaves the retry schedule alone.
+    fn reopen_if_opened(&mut self, was_open: bool, why: &str) {
+        if !was_open && self.shared.gate.is_open() {
             self.make_all_due(why);
         }
     }
