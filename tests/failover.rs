@@ -46,21 +46,6 @@ async fn send(smtp: SocketAddr, tag: &'static str, ids: Vec<usize>) {
     c.quit().await;
 }
 
-/// Polls the metric `name` until it equals `want` or `timeout` passes.
-async fn wait_metric(relay: &Relay, name: &str, want: f64, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    for _ in 0..10_000 {
-        if relay.metric(name).await == want {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn preferred_backend_dies_under_load_then_takes_over_again() {
     let mut b0 = Backend::start().await;

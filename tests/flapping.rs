@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const N: usize = 200;
 const CLIENTS: usize = 5;
@@ -47,21 +47,6 @@ fn id_counts(backend: &Backend) -> HashMap<String, usize> {
             .or_default() += 1;
     }
     seen
-}
-
-/// Polls the metric `name` until it equals `want` or `timeout` passes.
-async fn wait_metric(relay: &Relay, name: &str, want: f64, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    for _ in 0..10_000 {
-        if relay.metric(name).await == want {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

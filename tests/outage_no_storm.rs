@@ -15,21 +15,6 @@ const INTERVAL_MS: u128 = 200;
 const FAST_MS: u128 = 500;
 const RISE: u128 = 2;
 
-/// Polls the metric `name` until it equals `want` or `timeout` passes.
-async fn wait_metric(relay: &Relay, name: &str, want: f64, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    for _ in 0..10_000 {
-        if relay.metric(name).await == want {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn down_backend_gets_probes_not_a_storm_and_backlog_drains_when_it_returns() {
     // Reachable but refusing service: every connection (probe or delivery) is

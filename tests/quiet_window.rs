@@ -24,21 +24,6 @@ fn window(secs: u64, scope: &str) -> (String, Instant) {
     (text, end)
 }
 
-/// Polls `name` until it equals `want` (bounded).
-async fn wait_metric(relay: &Relay, name: &str, want: f64, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    for _ in 0..1000 {
-        if relay.metric(name).await == want {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
-}
-
 async fn send(relay: &Relay, n: usize, tag: &str) {
     let mut c = Client::connect(relay.smtp).await;
     c.ehlo("client.test").await;

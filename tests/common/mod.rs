@@ -16,7 +16,7 @@ pub mod relay;
 
 pub use backend::{Backend, BackendOptions, Received};
 pub use client::{Client, Reply, dot_stuff};
-pub use relay::{Relay, config_text, http, metric_value};
+pub use relay::{Relay, config_text, http, metric_value, wait_metric};
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

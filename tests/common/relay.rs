@@ -115,6 +115,22 @@ impl Drop for Relay {
     }
 }
 
+/// Polls the metric `name` (exact series text, labels included) until it equals
+/// `want` or `timeout` passes; true if it did.
+pub async fn wait_metric(relay: &Relay, name: &str, want: f64, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    for _ in 0..10_000 {
+        if relay.metric(name).await == want {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 /// Finds `name` (exact series text up to the value) in Prometheus text.
 pub fn metric_value(body: &str, name: &str) -> Option<f64> {
     body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
