@@ -69,7 +69,10 @@ async fn permanent_failure_is_reported_to_the_sender() {
         assert!(status.contains(want), "missing {want:?} in\n{status}");
     }
     for delivered in ["a@example.com", "b@example.com"] {
-        assert!(!status.contains(delivered), "{delivered} reported\n{status}");
+        assert!(
+            !status.contains(delivered),
+            "{delivered} reported\n{status}"
+        );
     }
     let returned = part_text("text", "rfc822-headers");
     assert!(returned.contains("Subject: order 42"), "{returned}");

@@ -473,8 +473,8 @@ fn rcpt_command(caps: u32, r: &Recipient) -> String {
             .collect();
             cmd.push_str(&format!(" NOTIFY={}", words.join(",")));
         }
-        if let Some(orcpt) = &r.orcpt {
-            cmd.push_str(&format!(" ORCPT={}", xtext(orcpt)));
+        if let Some((kind, addr)) = r.orcpt.as_deref().and_then(|o| o.split_once(';')) {
+            cmd.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
         }
     }
     cmd.push_str("\r\n");

@@ -218,7 +218,9 @@ impl Session {
             };
         tx.rcpts.push(Recipient {
             address,
-            orcpt: to.orcpt.map(Cow::into_owned),
+            // smtp-proto accepts only the rfc822 type and hands over the decoded
+            // address; keep the type so DSNs and backends get `rfc822;addr`.
+            orcpt: to.orcpt.map(|a| format!("rfc822;{a}")),
             notify: to.flags
                 & (smtp_proto::RCPT_NOTIFY_SUCCESS
                     | smtp_proto::RCPT_NOTIFY_FAILURE
