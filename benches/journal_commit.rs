@@ -37,6 +37,7 @@ fn record(j: &Journal) -> Record {
         next_attempt_ms: 0,
         held: false,
         bounce: false,
+        delay_warned: false,
     }
 }
 

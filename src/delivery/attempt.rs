@@ -165,41 +165,118 @@ async fn notify(
     if entries.is_empty() {
         return None;
     }
+    match queue_dsn(shared, record, body, &entries).await {
+        Queued::Yes(notice) => Some(notice),
+        Queued::Never => None,
+        Queued::Failed => {
+            for i in marked {
+                record.rcpts[i].dsn_sent = false;
+            }
+            None
+        }
+    }
+}
+
+/// What became of a DSN.
+enum Queued {
+    /// Journaled; to be scheduled.
+    Yes(Record),
+    /// Not to be sent, ever (the message came from the null sender).
+    Never,
+    /// The journal refused it; try again later.
+    Failed,
+}
+
+/// Sends the delay warning for a message still queued after
+/// `delivery.delay_warning` (RFC 3464 `Action: delayed`), to the recipients
+/// whose NOTIFY allows it. Runs whether or not the backends can take mail: an
+/// outage is exactly when senders want to hear. Never touches a backend.
+pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
+    let started = Instant::now();
+    record.delay_warned = true;
+    let entries: Vec<dsn::Entry> = record
+        .rcpts
+        .iter()
+        .filter(|r| r.state.is_open() && r.wants_delay_notice())
+        .map(|r| {
+            let reply = match &r.state {
+                RcptState::Deferred { reply, .. } => reply.clone(),
+                _ => "451 4.4.7 not delivered yet: the mail system is holding it".into(),
+            };
+            entry(r, dsn::Action::Delayed, reply, None)
+        })
+        .collect();
+    let mut notice = None;
+    if !entries.is_empty() {
+        match shared.journal.body(record.id) {
+            Ok(Some(body)) => match queue_dsn(shared, &record, &body, &entries).await {
+                Queued::Yes(n) => notice = Some(Box::new(n)),
+                Queued::Never => {}
+                Queued::Failed => record.delay_warned = false,
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(
+                    "{} delay warning not sent: cannot read message: {e}",
+                    record.id
+                );
+                record.delay_warned = false;
+            }
+        }
+    }
+    if let Err(e) = shared.journal.save(&record).await {
+        tracing::error!("{} state not saved after the delay warning: {e}", record.id);
+    }
+    Report {
+        record: Box::new(record),
+        status: Status::Kept,
+        signal: Signal::Neutral,
+        took: started.elapsed(),
+        notice,
+    }
+}
+
+/// Journals a DSN about `record` to its sender. A message from the null sender
+/// (a bounce itself) never gets one.
+async fn queue_dsn(
+    shared: &Shared,
+    record: &Record,
+    body: &[u8],
+    entries: &[dsn::Entry],
+) -> Queued {
     if record.envelope.mail_from.is_empty() || record.bounce {
         tracing::warn!(
-            "{} not bounced: null sender (a bounce is never bounced); dropped",
+            "{} no DSN: null sender (a bounce is never bounced); dropped",
             record.id
         );
-        return None;
+        return Queued::Never;
     }
     let failed = entries.iter().any(|e| e.action == dsn::Action::Failed);
     let now =
         chrono::DateTime::from_timestamp_millis(shared.clock.now_ms() as i64).unwrap_or_default();
-    let bytes = dsn::build(&shared.hostname, record, body, &entries, now);
+    let bytes = dsn::build(&shared.hostname, record, body, entries, now);
     let notice = dsn_record(shared, record, bytes.len() as u64);
     match shared.journal.enqueue(&notice, bytes).await {
         Ok(()) => {
             if failed {
                 shared.metrics.messages_bounced.inc();
             }
-            let kind = if failed { "bounced" } else { "relayed notice" };
+            let kind = match entries[0].action {
+                _ if failed => "bounced",
+                dsn::Action::Delayed => "delay warning",
+                _ => "relayed notice",
+            };
             tracing::info!(
                 "{} {kind}: DSN {} to <{}>",
                 record.id,
                 notice.id,
                 record.envelope.mail_from
             );
-            Some(notice)
+            Queued::Yes(notice)
         }
         Err(e) => {
-            tracing::error!(
-                "{} DSN not queued (retried after a restart): {e}",
-                record.id
-            );
-            for i in marked {
-                record.rcpts[i].dsn_sent = false;
-            }
-            None
+            tracing::error!("{} DSN not queued (retried later): {e}", record.id);
+            Queued::Failed
         }
     }
 }
@@ -239,6 +316,7 @@ fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
         next_attempt_ms: 0,
         held: false,
         bounce: true,
+        delay_warned: false,
     }
 }
 
@@ -378,6 +456,7 @@ mod tests {
             next_attempt_ms: 0,
             held: false,
             bounce: false,
+            delay_warned: false,
         };
         let deferred = || RcptState::Deferred {
             reply: "451 4.3.0 later".into(),

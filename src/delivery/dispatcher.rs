@@ -60,6 +60,7 @@ pub(crate) struct Shared {
     pub journal: Journal,
     pub hostname: String,
     pub lifetime_ms: u64,
+    pub warn_after_ms: Option<u64>,
     pub gate: Arc<Gate>,
     pub backends: Backends,
     pub retry: RetryPolicy,
@@ -81,6 +82,8 @@ pub struct Dispatcher {
     mail: Lane,
     /// DSNs: they go to senders' servers, so backend gates don't hold them.
     bounces: Lane,
+    /// When each message's delay warning is due (`delivery.delay_warning`).
+    warnings: BTreeSet<(u64, QueueId)>,
     /// Every id in the journal (ids sort by arrival: the first is the oldest).
     all: BTreeSet<QueueId>,
     in_flight: usize,
@@ -103,6 +106,7 @@ impl Dispatcher {
             records: HashMap::new(),
             mail: Lane::default(),
             bounces: Lane::default(),
+            warnings: BTreeSet::new(),
             all: BTreeSet::new(),
             in_flight: 0,
         };
@@ -121,6 +125,7 @@ impl Dispatcher {
         let mut health = self.shared.gate.health().subscribe();
         loop {
             self.promote_due();
+            self.send_warnings();
             self.launch();
             self.update_gauges();
             let wake = self.next_wake();
@@ -158,7 +163,43 @@ impl Dispatcher {
             let now = self.shared.clock.now_ms();
             self.lane(r.bounce).file(id, due, now);
         }
+        if let Some(after) = self.shared.warn_after_ms
+            && !r.delay_warned
+            && !r.bounce
+            && r.has_open_recipients()
+        {
+            self.warnings.insert((r.envelope.arrived_ms + after, id));
+        }
         self.records.insert(id, r);
+    }
+
+    /// Starts the delay warnings that are due, for messages not in flight (one
+    /// in flight is filed again when its attempt ends, and comes back here).
+    fn send_warnings(&mut self) {
+        let now = self.shared.clock.now_ms();
+        while let Some(&(due, id)) = self.warnings.first() {
+            if due > now {
+                return;
+            }
+            self.warnings.pop_first();
+            let Some(r) = self.records.get(&id) else {
+                continue;
+            };
+            if r.delay_warned || !r.has_open_recipients() {
+                continue;
+            }
+            let (bounce, next) = (r.bounce, r.next_attempt_ms);
+            self.lane(bounce).remove(id, next);
+            let Some(record) = self.records.remove(&id) else {
+                continue;
+            };
+            self.in_flight += 1;
+            let (shared, tx) = (self.shared.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let report = super::attempt::warn(&shared, record).await;
+                let _ = tx.send(Event::Done(report));
+            });
+        }
     }
 
     fn lane(&mut self, bounce: bool) -> &mut Lane {
@@ -299,9 +340,22 @@ impl Dispatcher {
         });
     }
 
-    /// When the loop must look again without an event: the next start the rate
-    /// allows, or the next retry time (only DSNs' while the gate is shut).
+    /// When the loop must look again without an event: the next delay warning,
+    /// the next start the rate allows, or the next retry time (only DSNs' while
+    /// the gate is shut).
     fn next_wake(&self) -> Option<Instant> {
+        let warning = self
+            .warnings
+            .first()
+            .map(|&(due, _)| self.shared.clock.instant_at(due));
+        let delivery = self.next_delivery_wake();
+        match (warning, delivery) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn next_delivery_wake(&self) -> Option<Instant> {
         if self.in_flight >= self.drain.limit() {
             return None;
         }

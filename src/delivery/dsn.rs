@@ -14,6 +14,8 @@ pub enum Action {
     Failed,
     /// Handed to a backend that does not do DSN.
     Relayed,
+    /// Still queued after `delivery.delay_warning`; retries go on.
+    Delayed,
 }
 
 impl Action {
@@ -21,6 +23,7 @@ impl Action {
         match self {
             Action::Failed => "failed",
             Action::Relayed => "relayed",
+            Action::Delayed => "delayed",
         }
     }
 }
@@ -72,10 +75,10 @@ pub fn build(
 ) -> Vec<u8> {
     let failed = entries.iter().any(|e| e.action == Action::Failed);
     let boundary = format!("{}/{}", record.id, hostname);
-    let subject = if failed {
-        "Undelivered Mail Returned to Sender"
-    } else {
-        "Successful Mail Relay Notification"
+    let subject = match entries.first().map(|e| e.action) {
+        _ if failed => "Undelivered Mail Returned to Sender",
+        Some(Action::Delayed) => "Delayed Mail (still being retried)",
+        _ => "Successful Mail Relay Notification",
     };
     let mut m = String::with_capacity(2048);
     let _ = write!(
@@ -95,7 +98,7 @@ pub fn build(
         id = record.id,
         stamp = now.timestamp_millis(),
     );
-    human_part(&mut m, &boundary, hostname, entries, failed);
+    human_part(&mut m, &boundary, hostname, entries);
     status_part(&mut m, &boundary, hostname, record, entries);
     let full = record.envelope.params.ret_full == Some(true);
     let (kind, what) = if full {
@@ -117,18 +120,27 @@ pub fn build(
     out
 }
 
-fn human_part(m: &mut String, boundary: &str, hostname: &str, entries: &[Entry], failed: bool) {
+fn human_part(m: &mut String, boundary: &str, hostname: &str, entries: &[Entry]) {
     let _ = write!(
         m,
         "--{boundary}\r\nContent-Description: Notification\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n\
          This is the mail system at host {hostname}.\r\n\r\n"
     );
-    m.push_str(if failed {
-        "Your message could not be delivered to one or more recipients.\r\n\
-         It is attached below.\r\n\r\n"
-    } else {
-        "Your message was relayed to a system that does not send delivery\r\n\
-         notifications; no further notice will follow.\r\n\r\n"
+    let failed = entries.iter().any(|e| e.action == Action::Failed);
+    m.push_str(match entries.first().map(|e| e.action) {
+        _ if failed => {
+            "Your message could not be delivered to one or more recipients.\r\n\
+             It is attached below.\r\n\r\n"
+        }
+        Some(Action::Delayed) => {
+            "Your message has not been delivered yet to the recipients below.\r\n\
+             It stays queued and delivery will be retried; you will hear again\r\n\
+             only if it finally fails. No action is needed.\r\n\r\n"
+        }
+        _ => {
+            "Your message was relayed to a system that does not send delivery\r\n\
+             notifications; no further notice will follow.\r\n\r\n"
+        }
     });
     for e in entries {
         let _ = write!(m, "<{}>: {}\r\n", e.address, e.reply);
@@ -219,6 +231,7 @@ mod tests {
             next_attempt_ms: 0,
             held: false,
             bounce: false,
+            delay_warned: false,
         }
     }
 

@@ -133,6 +133,10 @@ pub fn dispatcher(
         journal: journal.clone(),
         hostname: config.hostname.clone(),
         lifetime_ms: config.delivery.max_queue_lifetime.0.as_millis() as u64,
+        warn_after_ms: config
+            .delivery
+            .delay_warning
+            .map(|d| d.0.as_millis() as u64),
         gate: gate.clone(),
         backends,
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),

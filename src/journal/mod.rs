@@ -352,6 +352,7 @@ mod tests {
             next_attempt_ms: 0,
             held: false,
             bounce: false,
+            delay_warned: false,
         }
     }
 

@@ -131,6 +131,11 @@ impl Recipient {
         self.notify == 0 || self.notify & smtp_proto::RCPT_NOTIFY_FAILURE != 0
     }
 
+    /// True if the sender wants a delay warning (no NOTIFY, or NOTIFY has DELAY).
+    pub fn wants_delay_notice(&self) -> bool {
+        self.notify == 0 || self.notify & smtp_proto::RCPT_NOTIFY_DELAY != 0
+    }
+
     /// True if the sender asked to hear about success (NOTIFY=SUCCESS).
     pub fn wants_success_notice(&self) -> bool {
         self.notify & smtp_proto::RCPT_NOTIFY_SUCCESS != 0
@@ -182,6 +187,9 @@ pub struct Record {
     /// `bounce.relay`), not to the backends, and is never bounced itself.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub bounce: bool,
+    /// The delay warning (`delivery.delay_warning`) has been sent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delay_warned: bool,
 }
 
 impl Record {
@@ -248,6 +256,7 @@ mod tests {
             next_attempt_ms: 9,
             held: false,
             bounce: false,
+            delay_warned: false,
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
     }

@@ -315,6 +315,7 @@ async fn finish_message(s: &mut Session, body: Body) -> Reply {
         next_attempt_ms: 0,
         held: false,
         bounce: false,
+        delay_warned: false,
     };
     let ctx = s.ctx.clone();
     match ctx.journal.enqueue(&record, body.bytes).await {
