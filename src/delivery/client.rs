@@ -3,13 +3,16 @@
 
 use super::gate::Gate;
 use super::mx::{Hops, Router};
+use super::tls::Stream;
+use crate::config::TlsPolicy;
+use tokio_rustls::TlsConnector;
 use super::outcome::Outcome;
 use crate::config;
 use crate::journal::{Recipient, Record};
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_START_TLS, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
     RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,9 +37,9 @@ pub struct Attempt {
     pub dsn_passed: bool,
 }
 
-/// A live connection to a backend, after EHLO.
+/// A live connection to a backend, after EHLO (and STARTTLS if used).
 struct Conn {
-    client: SmtpClient<TcpStream>,
+    client: SmtpClient<Stream>,
     caps: u32,
     size_limit: usize,
     last_used: Instant,
@@ -57,6 +60,7 @@ pub struct Backends {
     gate: Arc<Gate>,
     bounces: Router,
     bounce_timeouts: config::Backend,
+    tls: TlsConnector,
 }
 
 impl Backends {
@@ -85,7 +89,12 @@ impl Backends {
             rotation: AtomicUsize::new(0),
             gate,
             bounces: Router::new(bounce_relay),
-            bounce_timeouts: config::Backend::named("bounce"),
+            // DSNs to the Internet: STARTTLS when offered, as Postfix's `may`.
+            bounce_timeouts: config::Backend {
+                tls: TlsPolicy::Opportunistic,
+                ..config::Backend::named("bounce")
+            },
+            tls: super::tls::connector(),
         }
     }
 
@@ -178,7 +187,7 @@ impl Backends {
                 address: hop.clone(),
                 ..self.bounce_timeouts.clone()
             };
-            let mut conn = match connect(&cfg, &self.helo).await {
+            let mut conn = match connect(&cfg, &self.helo, &self.tls).await {
                 Ok(c) => c,
                 Err(e) => {
                     last_error = format!("{hop}: {e}");
@@ -218,7 +227,7 @@ impl Backends {
                 return Ok((outcomes, dsn));
             }
         }
-        let mut conn = connect(&backend.cfg, &self.helo).await?;
+        let mut conn = connect(&backend.cfg, &self.helo, &self.tls).await?;
         match transaction(&mut conn, record, body).await {
             Ok(outcomes) => {
                 let dsn = conn.caps & EXT_DSN != 0;
@@ -282,14 +291,15 @@ fn is_connection_loss(o: &Outcome) -> bool {
     matches!(o, Outcome::Deferred(t) if t.starts_with("451 4.4.2") || t.starts_with("421"))
 }
 
-/// Opens a connection: TCP (no Nagle), greeting, EHLO.
-async fn connect(cfg: &config::Backend, helo: &str) -> Result<Conn, mail_send::Error> {
+/// Opens a connection: TCP (no Nagle), greeting, EHLO, and STARTTLS plus a
+/// second EHLO as `cfg.tls` asks.
+async fn connect(cfg: &config::Backend, helo: &str, tls: &TlsConnector) -> Result<Conn, mail_send::Error> {
     let stream = tokio::time::timeout(cfg.connect_timeout.0, TcpStream::connect(&cfg.address))
         .await
         .map_err(|_| mail_send::Error::Timeout)??;
     stream.set_nodelay(true)?;
     let mut client = SmtpClient {
-        stream,
+        stream: Stream::Plain(stream),
         timeout: cfg.command_timeout.0,
     };
     let greeting = tokio::time::timeout(cfg.command_timeout.0, client.read())
@@ -298,7 +308,23 @@ async fn connect(cfg: &config::Backend, helo: &str) -> Result<Conn, mail_send::E
     if !(200..300).contains(&greeting.code) {
         return Err(mail_send::Error::UnexpectedReply(greeting));
     }
-    let ehlo: EhloResponse<String> = client.ehlo(helo).await?;
+    let mut ehlo: EhloResponse<String> = client.ehlo(helo).await?;
+    let offered = ehlo.capabilities & EXT_START_TLS != 0;
+    match cfg.tls {
+        TlsPolicy::None => {}
+        TlsPolicy::Opportunistic | TlsPolicy::Required if offered => {
+            let host = cfg.address.rsplit_once(':').map_or(cfg.address.as_str(), |(h, _)| h);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            client = super::tls::starttls(client, host, tls).await?;
+            ehlo = client.ehlo(helo).await?;
+        }
+        TlsPolicy::Opportunistic => {}
+        TlsPolicy::Required => {
+            return Err(mail_send::Error::Tls(Box::new(rustls::Error::General(
+                "backend does not offer STARTTLS and tls = \"required\"".into(),
+            ))));
+        }
+    }
     Ok(Conn {
         client,
         caps: ehlo.capabilities,

@@ -11,6 +11,7 @@ pub mod lane;
 pub mod mx;
 pub mod outcome;
 pub mod retry;
+pub mod tls;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
