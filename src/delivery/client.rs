@@ -3,23 +3,23 @@
 
 use super::gate::Gate;
 use super::mx::{Hops, Router};
-use super::tls::Stream;
-use crate::config::TlsPolicy;
-use tokio_rustls::TlsConnector;
 use super::outcome::Outcome;
+use super::tls::Stream;
 use crate::config;
+use crate::config::TlsPolicy;
 use crate::journal::{Recipient, Record};
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_START_TLS, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EhloResponse,
-    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
+    EhloResponse, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsConnector;
 
 /// An idle connection is reused only within this time (Postfix's connection
 /// cache keeps them for 2 s by default; a local backend tolerates longer).
@@ -96,11 +96,6 @@ impl Backends {
             },
             tls: super::tls::connector(),
         }
-    }
-
-    /// Names of all backends.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.list.iter().map(|b| b.cfg.name.as_str())
     }
 
     /// The order to try backends in: by priority, rotating among equals so they
@@ -293,7 +288,11 @@ fn is_connection_loss(o: &Outcome) -> bool {
 
 /// Opens a connection: TCP (no Nagle), greeting, EHLO, and STARTTLS plus a
 /// second EHLO as `cfg.tls` asks.
-async fn connect(cfg: &config::Backend, helo: &str, tls: &TlsConnector) -> Result<Conn, mail_send::Error> {
+async fn connect(
+    cfg: &config::Backend,
+    helo: &str,
+    tls: &TlsConnector,
+) -> Result<Conn, mail_send::Error> {
     let stream = tokio::time::timeout(cfg.connect_timeout.0, TcpStream::connect(&cfg.address))
         .await
         .map_err(|_| mail_send::Error::Timeout)??;
@@ -313,7 +312,10 @@ async fn connect(cfg: &config::Backend, helo: &str, tls: &TlsConnector) -> Resul
     match cfg.tls {
         TlsPolicy::None => {}
         TlsPolicy::Opportunistic | TlsPolicy::Required if offered => {
-            let host = cfg.address.rsplit_once(':').map_or(cfg.address.as_str(), |(h, _)| h);
+            let host = cfg
+                .address
+                .rsplit_once(':')
+                .map_or(cfg.address.as_str(), |(h, _)| h);
             let host = host.trim_start_matches('[').trim_end_matches(']');
             client = super::tls::starttls(client, host, tls).await?;
             ehlo = client.ehlo(helo).await?;

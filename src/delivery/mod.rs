@@ -85,11 +85,6 @@ impl Queue {
         Ok(())
     }
 
-    /// True while the whole queue is held.
-    pub fn is_queue_held(&self) -> bool {
-        self.gate.is_held()
-    }
-
     /// Holds (`true`) or releases one message, persisted in its journal record.
     pub async fn set_message_held(&self, id: QueueId, held: bool) -> Result<(), String> {
         let (done, rx) = oneshot::channel();

@@ -16,7 +16,7 @@ pub use record::{Envelope, MailParams, QueueId, RcptState, Recipient, Record};
 use commit::{Op, OpKind};
 use record::IdGenerator;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
@@ -318,11 +318,6 @@ impl std::fmt::Debug for Journal {
             .field("file", &self.inner.file)
             .finish()
     }
-}
-
-/// Where the journal of a given directory lives.
-pub fn file_in(dir: &Path) -> PathBuf {
-    dir.join("journal.redb")
 }
 
 #[cfg(test)]

@@ -249,13 +249,13 @@ impl Session {
     fn on_bdat(&mut self, size: usize, last: bool) -> Next {
         // The chunk follows the command whatever we answer, so the I/O loop always
         // reads it; an error here makes it discard the chunk.
-        match self.tx.as_mut() {
-            Some(tx) if !tx.rcpts.is_empty() && tx.mode != BodyMode::Data => {
-                tx.mode = BodyMode::Bdat;
-                Next::Bdat { size, last }
-            }
-            _ => Next::Bdat { size, last },
+        if let Some(tx) = self.tx.as_mut()
+            && !tx.rcpts.is_empty()
+            && tx.mode != BodyMode::Data
+        {
+            tx.mode = BodyMode::Bdat;
         }
+        Next::Bdat { size, last }
     }
 
     /// True if a BDAT chunk just announced belongs to a valid transaction.
