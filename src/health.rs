@@ -179,7 +179,8 @@ pub async fn monitor(
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let result = probe(&b.address, &helo, cfg.timeout.0).await;
+                let needs_tls = b.tls == config::TlsPolicy::Required;
+                let result = probe(&b.address, &helo, needs_tls, cfg.timeout.0).await;
                 if let Err(e) = &result {
                     tracing::debug!(backend = %b.name, "probe failed: {e}");
                 }
@@ -192,8 +193,16 @@ pub async fn monitor(
     }
 }
 
-/// One probe: connect, read a 2xx greeting, EHLO (2xx), QUIT, all within `timeout`.
-pub async fn probe(address: &str, helo: &str, timeout: Duration) -> Result<(), String> {
+/// One probe: connect, read a 2xx greeting, EHLO (2xx), QUIT, all within
+/// `timeout`. With `needs_tls` (a `tls = "required"` backend) the EHLO reply
+/// must offer STARTTLS: without it no delivery can succeed, so the backend is
+/// not up.
+pub async fn probe(
+    address: &str,
+    helo: &str,
+    needs_tls: bool,
+    timeout: Duration,
+) -> Result<(), String> {
     let run = async {
         let stream = TcpStream::connect(address)
             .await
@@ -205,8 +214,15 @@ pub async fn probe(address: &str, helo: &str, timeout: Duration) -> Result<(), S
             .write_all(format!("EHLO {helo}\r\n").as_bytes())
             .await
             .map_err(|e| format!("EHLO: {e}"))?;
-        expect_2xx(&mut stream, "EHLO").await?;
+        let ehlo = expect_2xx(&mut stream, "EHLO").await?;
         let _ = stream.get_mut().write_all(b"QUIT\r\n").await;
+        let starttls = ehlo.iter().any(|l| {
+            l.get(4..)
+                .is_some_and(|k| k.trim().eq_ignore_ascii_case("STARTTLS"))
+        });
+        if needs_tls && !starttls {
+            return Err("EHLO does not offer STARTTLS and tls = \"required\"".into());
+        }
         Ok(())
     };
     tokio::time::timeout(timeout, run)
@@ -214,9 +230,10 @@ pub async fn probe(address: &str, helo: &str, timeout: Duration) -> Result<(), S
         .map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
-/// Reads one (possibly multi-line) reply and checks it is 2xx.
-async fn expect_2xx(stream: &mut BufReader<TcpStream>, what: &str) -> Result<(), String> {
+/// Reads one (possibly multi-line) reply, checks it is 2xx, returns its lines.
+async fn expect_2xx(stream: &mut BufReader<TcpStream>, what: &str) -> Result<Vec<String>, String> {
     let mut line = String::new();
+    let mut lines = Vec::new();
     for _ in 0..100 {
         line.clear();
         let n = stream
@@ -229,8 +246,9 @@ async fn expect_2xx(stream: &mut BufReader<TcpStream>, what: &str) -> Result<(),
         if !line.starts_with('2') {
             return Err(format!("{what}: {}", line.trim_end()));
         }
+        lines.push(line.trim_end().to_owned());
         if line.as_bytes().get(3) != Some(&b'-') {
-            return Ok(());
+            return Ok(lines);
         }
     }
     Err(format!("{what}: reply too long"))
@@ -287,7 +305,7 @@ mod tests {
         let addr = l.local_addr().unwrap().to_string();
         drop(l);
         assert!(
-            probe(&addr, "relay.test", Duration::from_secs(2))
+            probe(&addr, "relay.test", false, Duration::from_secs(2))
                 .await
                 .is_err()
         );

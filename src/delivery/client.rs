@@ -286,12 +286,30 @@ fn is_connection_loss(o: &Outcome) -> bool {
     matches!(o, Outcome::Deferred(t) if t.starts_with("451 4.4.2") || t.starts_with("421"))
 }
 
-/// Opens a connection: TCP (no Nagle), greeting, EHLO, and STARTTLS plus a
-/// second EHLO as `cfg.tls` asks.
+/// Opens a connection as `cfg.tls` asks. With `opportunistic`, a STARTTLS that is
+/// refused or whose handshake fails is followed by a new connection in clear
+/// text, as Postfix's `may` level does.
 async fn connect(
     cfg: &config::Backend,
     helo: &str,
     tls: &TlsConnector,
+) -> Result<Conn, mail_send::Error> {
+    match open(cfg, helo, tls, cfg.tls).await {
+        Err(mail_send::Error::Tls(e)) if cfg.tls == TlsPolicy::Opportunistic => {
+            tracing::info!(backend = %cfg.name, "STARTTLS failed ({e}); sending in clear text");
+            open(cfg, helo, tls, TlsPolicy::None).await
+        }
+        other => other,
+    }
+}
+
+/// Opens a connection: TCP (no Nagle), greeting, EHLO, and STARTTLS plus a
+/// second EHLO as `policy` asks.
+async fn open(
+    cfg: &config::Backend,
+    helo: &str,
+    tls: &TlsConnector,
+    policy: TlsPolicy,
 ) -> Result<Conn, mail_send::Error> {
     let stream = tokio::time::timeout(cfg.connect_timeout.0, TcpStream::connect(&cfg.address))
         .await
@@ -309,7 +327,7 @@ async fn connect(
     }
     let mut ehlo: EhloResponse<String> = client.ehlo(helo).await?;
     let offered = ehlo.capabilities & EXT_START_TLS != 0;
-    match cfg.tls {
+    match policy {
         TlsPolicy::None => {}
         TlsPolicy::Opportunistic | TlsPolicy::Required if offered => {
             let host = cfg

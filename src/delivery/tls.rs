@@ -88,7 +88,10 @@ pub async fn starttls(
 ) -> Result<SmtpClient<Stream>, mail_send::Error> {
     let reply = client.cmd(b"STARTTLS\r\n").await?;
     if reply.code != 220 {
-        return Err(mail_send::Error::UnexpectedReply(reply));
+        return Err(tls_error(format!(
+            "STARTTLS refused: {} {}",
+            reply.code, reply.message
+        )));
     }
     let Stream::Plain(tcp) = client.stream else {
         return Err(mail_send::Error::Tls(Box::new(rustls::Error::General(
@@ -102,11 +105,18 @@ pub async fn starttls(
     })?;
     let tls = tokio::time::timeout(client.timeout, connector.connect(name, tcp))
         .await
-        .map_err(|_| mail_send::Error::Timeout)??;
+        .map_err(|_| tls_error("TLS handshake timed out".into()))?
+        .map_err(|e| tls_error(format!("TLS handshake failed: {e}")))?;
     Ok(SmtpClient {
         stream: Stream::Tls(Box::new(tls)),
         timeout: client.timeout,
     })
+}
+
+/// Every STARTTLS failure is a `Tls` error, so callers can tell it from other
+/// connection trouble (and fall back to clear text where the policy allows).
+fn tls_error(message: String) -> mail_send::Error {
+    mail_send::Error::Tls(Box::new(rustls::Error::General(message)))
 }
 
 /// Accepts any certificate but still checks the handshake signatures.
