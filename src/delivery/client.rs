@@ -1,19 +1,17 @@
 //! Talking to the backends: connection pools, backend order, and one SMTP
 //! transaction per message with a reply per recipient (mail-send underneath).
 
+use super::commands::{mail_command, rcpt_command};
 use super::gate::Gate;
 use super::mx::{Hops, Router};
 use super::outcome::Outcome;
 use super::tls::Stream;
 use crate::config;
 use crate::config::TlsPolicy;
-use crate::journal::{Recipient, Record};
+use crate::journal::Record;
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
-use smtp_proto::{
-    EXT_8BIT_MIME, EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS,
-    EhloResponse, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
-};
+use smtp_proto::{EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -471,71 +469,4 @@ fn classify_first(e: mail_send::Error) -> EnvelopeError {
 
 async fn reset(conn: &mut Conn) {
     let _ = conn.client.rset().await;
-}
-
-/// `MAIL FROM:<..>` with the parameters the backend understands.
-fn mail_command(caps: u32, record: &Record, size: usize) -> String {
-    let p = &record.envelope.params;
-    let mut cmd = format!("MAIL FROM:<{}>", record.envelope.mail_from);
-    if caps & EXT_SIZE != 0 {
-        cmd.push_str(&format!(" SIZE={size}"));
-    }
-    if p.eight_bit && caps & EXT_8BIT_MIME != 0 {
-        cmd.push_str(" BODY=8BITMIME");
-    }
-    if p.smtputf8 && caps & EXT_SMTP_UTF8 != 0 {
-        cmd.push_str(" SMTPUTF8");
-    }
-    if caps & EXT_DSN != 0 {
-        match p.ret_full {
-            Some(true) => cmd.push_str(" RET=FULL"),
-            Some(false) => cmd.push_str(" RET=HDRS"),
-            None => {}
-        }
-        if let Some(envid) = &p.envid {
-            cmd.push_str(&format!(" ENVID={}", xtext(envid)));
-        }
-    }
-    cmd.push_str("\r\n");
-    cmd
-}
-
-/// `RCPT TO:<..>` with NOTIFY/ORCPT passed on to a backend that offers DSN.
-fn rcpt_command(caps: u32, r: &Recipient) -> String {
-    let mut cmd = format!("RCPT TO:<{}>", r.address);
-    if caps & EXT_DSN != 0 {
-        let n = r.notify;
-        if n & RCPT_NOTIFY_NEVER != 0 {
-            cmd.push_str(" NOTIFY=NEVER");
-        } else if n != 0 {
-            let words: Vec<&str> = [
-                (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
-                (RCPT_NOTIFY_FAILURE, "FAILURE"),
-                (RCPT_NOTIFY_DELAY, "DELAY"),
-            ]
-            .iter()
-            .filter(|(bit, _)| n & bit != 0)
-            .map(|(_, w)| *w)
-            .collect();
-            cmd.push_str(&format!(" NOTIFY={}", words.join(",")));
-        }
-        if let Some((kind, addr)) = r.orcpt.as_deref().and_then(|o| o.split_once(';')) {
-            cmd.push_str(&format!(" ORCPT={kind};{}", xtext(addr)));
-        }
-    }
-    cmd.push_str("\r\n");
-    cmd
-}
-
-/// xtext (RFC 3461 4): `+`, `=`, controls, space and non-ASCII as `+XX`.
-fn xtext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (33..=126).contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
 }

@@ -196,7 +196,7 @@ impl Dispatcher {
             self.in_flight += 1;
             let (shared, tx) = (self.shared.clone(), self.tx.clone());
             tokio::spawn(async move {
-                let report = super::attempt::warn(&shared, record).await;
+                let report = super::notices::warn(&shared, record).await;
                 let _ = tx.send(Event::Done(report));
             });
         }

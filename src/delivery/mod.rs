@@ -3,12 +3,14 @@
 
 mod attempt;
 pub mod client;
+mod commands;
 pub mod dispatcher;
 pub mod drain;
 pub mod dsn;
 pub mod gate;
 pub mod lane;
 pub mod mx;
+mod notices;
 pub mod outcome;
 pub mod retry;
 pub mod tls;

@@ -1,0 +1,207 @@
+//! Notices to senders: failure and "relayed" DSNs after an attempt, and delay
+//! warnings. Each is journaled as a message of its own (from `<>`, marked
+//! `bounce`) before the recipients it reports on are marked, so a crash can
+//! repeat a notice but never lose one. The null sender never gets a notice.
+
+use super::Status;
+use super::attempt::Report;
+use super::dispatcher::Shared;
+use super::drain::Signal;
+use super::dsn;
+use crate::journal::{Envelope, MailParams, RcptState, Recipient, Record};
+use tokio::time::Instant;
+
+/// Queues the DSNs an attempt calls for: failures the sender wants to hear
+/// about, and "relayed" notices. Marks the recipients so no DSN is sent twice.
+/// A message from the null sender (itself a bounce) is never bounced.
+pub(super) async fn notify(
+    shared: &Shared,
+    record: &mut Record,
+    body: &[u8],
+    relayed: &[usize],
+    remote: Option<&str>,
+) -> Option<Record> {
+    let mut entries = Vec::new();
+    let mut marked = Vec::new();
+    for (i, r) in record.rcpts.iter_mut().enumerate() {
+        let RcptState::Failed { reply } = &r.state else {
+            continue;
+        };
+        if r.dsn_sent {
+            continue;
+        }
+        r.dsn_sent = true;
+        marked.push(i);
+        if r.wants_failure_notice() {
+            entries.push(entry(r, dsn::Action::Failed, reply.clone(), remote));
+        } else {
+            tracing::info!(
+                "{} no DSN for <{}>: NOTIFY excludes FAILURE",
+                record.id,
+                r.address
+            );
+        }
+    }
+    for &i in relayed {
+        let r = &record.rcpts[i];
+        if let RcptState::Delivered { reply, .. } = &r.state {
+            entries.push(entry(r, dsn::Action::Relayed, reply.clone(), remote));
+        }
+    }
+    if entries.is_empty() {
+        return None;
+    }
+    match queue_dsn(shared, record, body, &entries).await {
+        Queued::Yes(notice) => Some(notice),
+        Queued::Never => None,
+        Queued::Failed => {
+            for i in marked {
+                record.rcpts[i].dsn_sent = false;
+            }
+            None
+        }
+    }
+}
+
+/// What became of a DSN.
+enum Queued {
+    /// Journaled; to be scheduled.
+    Yes(Record),
+    /// Not to be sent, ever (the message came from the null sender).
+    Never,
+    /// The journal refused it; try again later.
+    Failed,
+}
+
+/// Sends the delay warning for a message still queued after
+/// `delivery.delay_warning` (RFC 3464 `Action: delayed`), to the recipients
+/// whose NOTIFY allows it. Runs whether or not the backends can take mail: an
+/// outage is exactly when senders want to hear. Never touches a backend.
+pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
+    let started = Instant::now();
+    record.delay_warned = true;
+    let entries: Vec<dsn::Entry> = record
+        .rcpts
+        .iter()
+        .filter(|r| r.state.is_open() && r.wants_delay_notice())
+        .map(|r| {
+            let reply = match &r.state {
+                RcptState::Deferred { reply, .. } => reply.clone(),
+                _ => "451 4.4.7 not delivered yet: the mail system is holding it".into(),
+            };
+            entry(r, dsn::Action::Delayed, reply, None)
+        })
+        .collect();
+    let mut notice = None;
+    if !entries.is_empty() {
+        match shared.journal.body(record.id) {
+            Ok(Some(body)) => match queue_dsn(shared, &record, &body, &entries).await {
+                Queued::Yes(n) => notice = Some(Box::new(n)),
+                Queued::Never => {}
+                Queued::Failed => record.delay_warned = false,
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::error!(
+                    "{} delay warning not sent: cannot read message: {e}",
+                    record.id
+                );
+                record.delay_warned = false;
+            }
+        }
+    }
+    if let Err(e) = shared.journal.save(&record).await {
+        tracing::error!("{} state not saved after the delay warning: {e}", record.id);
+    }
+    Report {
+        record: Box::new(record),
+        status: Status::Kept,
+        signal: Signal::Neutral,
+        took: started.elapsed(),
+        notice,
+    }
+}
+
+/// Journals a DSN about `record` to its sender. A message from the null sender
+/// (a bounce itself) never gets one.
+async fn queue_dsn(
+    shared: &Shared,
+    record: &Record,
+    body: &[u8],
+    entries: &[dsn::Entry],
+) -> Queued {
+    if record.envelope.mail_from.is_empty() || record.bounce {
+        tracing::warn!(
+            "{} no DSN: null sender (a bounce is never bounced); dropped",
+            record.id
+        );
+        return Queued::Never;
+    }
+    let failed = entries.iter().any(|e| e.action == dsn::Action::Failed);
+    let now =
+        chrono::DateTime::from_timestamp_millis(shared.clock.now_ms() as i64).unwrap_or_default();
+    let bytes = dsn::build(&shared.hostname, record, body, entries, now);
+    let notice = dsn_record(shared, record, bytes.len() as u64);
+    match shared.journal.enqueue(&notice, bytes).await {
+        Ok(()) => {
+            if failed {
+                shared.metrics.messages_bounced.inc();
+            }
+            let kind = match entries[0].action {
+                _ if failed => "bounced",
+                dsn::Action::Delayed => "delay warning",
+                _ => "relayed notice",
+            };
+            tracing::info!(
+                "{} {kind}: DSN {} to <{}>",
+                record.id,
+                notice.id,
+                record.envelope.mail_from
+            );
+            Queued::Yes(notice)
+        }
+        Err(e) => {
+            tracing::error!("{} DSN not queued (retried later): {e}", record.id);
+            Queued::Failed
+        }
+    }
+}
+
+fn entry(r: &Recipient, action: dsn::Action, reply: String, remote: Option<&str>) -> dsn::Entry {
+    dsn::Entry {
+        address: r.address.clone(),
+        orcpt: r.orcpt.clone(),
+        action,
+        reply,
+        remote_mta: remote.map(str::to_owned),
+    }
+}
+
+/// The journal record of a DSN about `original`: from `<>` to its sender.
+fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
+    let now = shared.clock.now_ms();
+    Record {
+        id: shared.journal.next_id(),
+        envelope: Envelope {
+            mail_from: String::new(),
+            params: MailParams::default(),
+            client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+            helo: shared.hostname.clone(),
+            tls: false,
+            arrived_ms: now,
+        },
+        rcpts: vec![Recipient {
+            address: original.envelope.mail_from.clone(),
+            orcpt: None,
+            notify: 0,
+            state: RcptState::Pending,
+            dsn_sent: false,
+        }],
+        size,
+        attempts: 0,
+        next_attempt_ms: 0,
+        held: false,
+        bounce: true,
+        delay_warned: false,
+    }
+}
