@@ -9,11 +9,12 @@
 
 use crate::admin::metrics::Metrics;
 use crate::config;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Probe spacing while a backend is changing state.
@@ -49,29 +50,43 @@ impl Circuit {
         self.streak > 0
     }
 
-    /// Records one result; returns the new state if it changed.
-    pub fn record(&mut self, ok: bool) -> Option<bool> {
+    /// Records one result; returns what it changed, if anything.
+    pub fn record(&mut self, ok: bool) -> Option<Change> {
         if ok == self.up {
+            let steadied = ok && self.streak > 0;
             self.streak = 0;
-            return None;
+            return steadied.then_some(Change::Steadied);
         }
         self.streak += 1;
         let needed = if self.up { self.fall } else { self.rise };
         if self.streak >= needed {
             self.up = ok;
             self.streak = 0;
-            return Some(ok);
+            return Some(if ok { Change::Up } else { Change::Down });
         }
         None
     }
 }
 
+/// What a result changed in a circuit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// It went down.
+    Down,
+    /// It came back up.
+    Up,
+    /// It was up with failures counting towards `fall`, and a success cleared
+    /// them: mail deferred by those failures can go now.
+    Steadied,
+}
+
 /// The health of every backend, shared by the monitor, the delivery client and
 /// the dispatcher. Every change bumps a `watch` generation the dispatcher awaits.
 pub struct Health {
-    circuits: Vec<(String, Mutex<Circuit>)>,
+    circuits: Vec<(String, Mutex<Circuit>, Notify)>,
     metrics: Arc<Metrics>,
     changed: watch::Sender<u64>,
+    recovered: AtomicBool,
 }
 
 impl Health {
@@ -81,13 +96,15 @@ impl Health {
             .iter()
             .map(|b| {
                 metrics.backend_up.with_label_values(&[&b.name]).set(1);
-                (b.name.clone(), Mutex::new(Circuit::new(h.fall, h.rise)))
+                let circuit = Mutex::new(Circuit::new(h.fall, h.rise));
+                (b.name.clone(), circuit, Notify::new())
             })
             .collect();
         Health {
             circuits,
             metrics,
             changed: watch::channel(0).0,
+            recovered: AtomicBool::new(false),
         }
     }
 
@@ -101,34 +118,51 @@ impl Health {
     pub fn any_up(&self) -> bool {
         self.circuits
             .iter()
-            .any(|(_, c)| c.lock().expect("circuit").is_up())
+            .any(|(_, c, _)| c.lock().expect("circuit").is_up())
     }
 
     /// Records a probe or a delivery connection result for `backend`.
     pub fn report(&self, backend: &str, ok: bool) {
-        let Some(c) = self.circuit(backend) else {
+        let Some((_, c, wake)) = self.circuits.iter().find(|(n, _, _)| n == backend) else {
             return;
         };
-        let change = c.lock().expect("circuit").record(ok);
-        if let Some(up) = change {
-            self.metrics
-                .backend_up
-                .with_label_values(&[backend])
-                .set(up as i64);
-            if up {
-                tracing::info!(backend, "backend is up");
-            } else {
-                tracing::warn!(backend, "backend is down");
-            }
-            self.changed.send_modify(|g| *g += 1);
+        let (change, changing) = {
+            let mut c = c.lock().expect("circuit");
+            (c.record(ok), c.is_changing())
+        };
+        if changing {
+            // A failure seen by a delivery: probe again soon, not at the interval.
+            wake.notify_one();
         }
+        let Some(change) = change else {
+            return;
+        };
+        match change {
+            Change::Down => tracing::warn!(backend, "backend is down"),
+            Change::Up => tracing::info!(backend, "backend is up"),
+            Change::Steadied => tracing::info!(backend, "backend answers again"),
+        }
+        self.metrics
+            .backend_up
+            .with_label_values(&[backend])
+            .set((change != Change::Down) as i64);
+        if change != Change::Down {
+            self.recovered.store(true, Ordering::Relaxed);
+        }
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    /// True (once) if a backend came back or steadied since the last call:
+    /// the mail deferred meanwhile should go now.
+    pub fn take_recovered(&self) -> bool {
+        self.recovered.swap(false, Ordering::Relaxed)
     }
 
     /// Counts every backend as up again (an admin flush, like Postfix's
     /// `postqueue -f` flushing dead destinations). A backend that is still down
     /// fails its next attempts and goes down again after `fall` failures.
     pub fn reset_all_up(&self) {
-        for (name, c) in &self.circuits {
+        for (name, c, _) in &self.circuits {
             let mut c = c.lock().expect("circuit");
             if !c.is_up() {
                 *c = Circuit::new(c.fall, c.rise);
@@ -146,8 +180,16 @@ impl Health {
     fn circuit(&self, backend: &str) -> Option<&Mutex<Circuit>> {
         self.circuits
             .iter()
-            .find(|(n, _)| n == backend)
-            .map(|(_, c)| c)
+            .find(|(n, _, _)| n == backend)
+            .map(|(_, c, _)| c)
+    }
+
+    /// Resolves when a delivery reports a failure for `backend`.
+    async fn failure_reported(&self, backend: &str) {
+        match self.circuits.iter().find(|(n, _, _)| n == backend) {
+            Some((_, _, wake)) => wake.notified().await,
+            None => std::future::pending().await,
+        }
     }
 
     fn is_changing(&self, backend: &str) -> bool {
@@ -177,6 +219,14 @@ pub async fn monitor(
                 };
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
+                    _ = health.failure_reported(&b.name) => {
+                        // Re-probe after the fast interval rather than at the next
+                        // full one: an outage is confirmed (or not) right away.
+                        tokio::select! {
+                            _ = tokio::time::sleep(FAST_INTERVAL.min(cfg.interval.0)) => {}
+                            _ = shutdown.cancelled() => return,
+                        }
+                    }
                     _ = shutdown.cancelled() => return,
                 }
                 let needs_tls = b.tls == config::TlsPolicy::Required;
@@ -297,6 +347,19 @@ mod tests {
                 .collect();
             assert_eq!(&got, want, "fall={fall} rise={rise} results={results:?}");
         }
+    }
+
+    #[test]
+    fn changes_reported() {
+        let mut c = Circuit::new(2, 2);
+        assert_eq!(c.record(true), None, "up and staying up: nothing to say");
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(true), Some(Change::Steadied), "a failure cleared");
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(false), Some(Change::Down));
+        assert_eq!(c.record(false), None);
+        assert_eq!(c.record(true), None);
+        assert_eq!(c.record(true), Some(Change::Up));
     }
 
     #[tokio::test]

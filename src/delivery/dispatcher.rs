@@ -141,7 +141,13 @@ impl Dispatcher {
                     self.shared.gate.update_metric();
                     self.reopen_if_opened(was_open, "quiet time ended");
                 }
-                Ok(()) = health.changed() => self.reopen_if_opened(was_open, "a backend is up"),
+                Ok(()) = health.changed() => {
+                    if self.shared.gate.health().take_recovered() && self.shared.gate.is_open() {
+                        // A backend came back (or answered again after failures):
+                        // what it deferred goes now, not at each retry time.
+                        self.make_all_due("a backend is up");
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
