@@ -82,16 +82,10 @@ async fn deferred_recipient_expires_and_is_bounced() {
 
     assert_eq!(backend.count(), 0, "the backend never got the message");
     assert_eq!(relay.metric("breakwater_messages_bounced_total").await, 1.0);
-    let deadline = Instant::now() + WAIT;
-    let mut depth = relay.metric("breakwater_queue_depth").await;
-    for _ in 0..10_000 {
-        if depth == 0.0 || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-        depth = relay.metric("breakwater_queue_depth").await;
-    }
-    assert_eq!(depth, 0.0, "expired message and its DSN leave the queue");
+    assert!(
+        wait_metric(&relay, "breakwater_queue_depth", 0.0, WAIT).await,
+        "expired message and its DSN leave the queue"
+    );
     assert_eq!(bounces.count(), 1, "exactly one DSN");
     relay.stop().await;
 }

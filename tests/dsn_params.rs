@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -33,16 +33,10 @@ async fn send(relay: &Relay, mail: &str, rcpts: &[&str]) {
 
 /// Waits (bounded) until the queue is empty: every message and DSN settled.
 async fn queue_empties(relay: &Relay) {
-    let deadline = Instant::now() + WAIT;
-    let mut depth = relay.metric("breakwater_queue_depth").await;
-    for _ in 0..10_000 {
-        if depth == 0.0 || Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-        depth = relay.metric("breakwater_queue_depth").await;
-    }
-    assert_eq!(depth, 0.0, "queue empties");
+    assert!(
+        wait_metric(&relay, "breakwater_queue_depth", 0.0, WAIT).await,
+        "queue empties"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
