@@ -34,7 +34,7 @@ async fn send(relay: &Relay, mail: &str, rcpts: &[&str]) {
 /// Waits (bounded) until the queue is empty: every message and DSN settled.
 async fn queue_empties(relay: &Relay) {
     assert!(
-        wait_metric(&relay, "breakwater_queue_depth", 0.0, WAIT).await,
+        wait_metric(relay, "breakwater_queue_depth", 0.0, WAIT).await,
         "queue empties"
     );
 }
