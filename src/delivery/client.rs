@@ -135,7 +135,7 @@ impl Backends {
             // A connection that could not be made, or broke mid-transaction, counts
             // as a failed probe, so an outage is noticed between probes.
             let healthy =
-                matches!(&result, Ok((o, _)) if !o.iter().any(|(_, x)| is_connection_loss(x)));
+                matches!(&result, Ok((o, _)) if !o.iter().any(|(_, x)| x.is_connection_loss()));
             self.gate.health().report(&backend.cfg.name, healthy);
             match result {
                 Ok((outcomes, dsn_passed)) => {
@@ -214,7 +214,7 @@ impl Backends {
             // Err(Stale): closed while idle, so fall through to a fresh connection.
             if let Ok(outcomes) = transaction(&mut conn, record, body).await {
                 let dsn = conn.caps & EXT_DSN != 0;
-                if !outcomes.iter().any(|(_, o)| is_connection_loss(o)) {
+                if !outcomes.iter().any(|(_, o)| o.is_connection_loss()) {
                     put_idle(backend, conn);
                 }
                 return Ok((outcomes, dsn));
@@ -224,7 +224,7 @@ impl Backends {
         match transaction(&mut conn, record, body).await {
             Ok(outcomes) => {
                 let dsn = conn.caps & EXT_DSN != 0;
-                if outcomes.iter().all(|(_, o)| !is_connection_loss(o)) {
+                if outcomes.iter().all(|(_, o)| !o.is_connection_loss()) {
                     put_idle(backend, conn);
                 }
                 Ok((outcomes, dsn))
@@ -278,10 +278,6 @@ fn open_rcpts(record: &Record) -> impl Iterator<Item = usize> + '_ {
         .enumerate()
         .filter(|(_, r)| r.state.is_open())
         .map(|(i, _)| i)
-}
-
-fn is_connection_loss(o: &Outcome) -> bool {
-    matches!(o, Outcome::Deferred(t) if t.starts_with("451 4.4.2") || t.starts_with("421"))
 }
 
 /// Opens a connection as `cfg.tls` asks. With `opportunistic`, a STARTTLS that is

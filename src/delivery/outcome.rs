@@ -2,6 +2,9 @@
 
 use crate::smtp::reply::Reply;
 
+/// How a deferral for a broken connection starts (RFC 3463 4.4.2, bad connection).
+const CONNECTION_LOST: &str = "451 4.4.2";
+
 /// The result of an attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -30,11 +33,11 @@ impl Outcome {
         match e {
             mail_send::Error::UnexpectedReply(r) => Outcome::from_reply(&Reply::from(r.clone())),
             mail_send::Error::Timeout => {
-                Outcome::Deferred("451 4.4.2 timeout talking to backend".into())
+                Outcome::Deferred(format!("{CONNECTION_LOST} timeout talking to backend"))
             }
-            mail_send::Error::Io(io) => {
-                Outcome::Deferred(format!("451 4.4.2 connection to backend failed: {io}"))
-            }
+            mail_send::Error::Io(io) => Outcome::Deferred(format!(
+                "{CONNECTION_LOST} connection to backend failed: {io}"
+            )),
             mail_send::Error::Tls(t) => {
                 Outcome::Deferred(format!("451 4.7.5 TLS with backend failed: {t}"))
             }
@@ -45,6 +48,13 @@ impl Outcome {
     /// A deferral for a connection that could not be made at all.
     pub fn unreachable(detail: &str) -> Outcome {
         Outcome::Deferred(format!("451 4.4.1 no backend reachable: {detail}"))
+    }
+
+    /// True if the attempt ended because the connection broke (I/O error,
+    /// timeout) or the backend closed it (421): the connection is not reused and
+    /// the backend's health counts a failure.
+    pub fn is_connection_loss(&self) -> bool {
+        matches!(self, Outcome::Deferred(t) if t.starts_with(CONNECTION_LOST) || t.starts_with("421"))
     }
 
     /// The metric label: `delivered`, `deferred`, `failed`.
@@ -75,5 +85,9 @@ mod tests {
             Outcome::from_error(&mail_send::Error::UnparseableReply),
             Outcome::Deferred(_)
         ));
+        assert!(Outcome::from_error(&io).is_connection_loss());
+        assert!(Outcome::from_error(&mail_send::Error::Timeout).is_connection_loss());
+        assert!(r(421, "closing").is_connection_loss());
+        assert!(!r(451, "mailbox busy").is_connection_loss());
     }
 }
