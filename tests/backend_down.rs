@@ -3,7 +3,6 @@
 
 mod common;
 use common::*;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -71,15 +70,7 @@ async fn messages_accepted_while_backend_down_are_delivered_once_it_is_up() {
         .expect("start backend");
     let got = backend.wait_for(N, Duration::from_secs(20)).await;
 
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for m in &got {
-        let data = m.data_str();
-        let subject = data
-            .lines()
-            .find_map(|l| l.strip_prefix("Subject: "))
-            .expect("message has a Subject");
-        *seen.entry(subject.to_owned()).or_default() += 1;
-    }
+    let seen = count_by_header(&got, "Subject");
     for i in 0..N {
         assert_eq!(
             seen.get(&format!("down-{i}")),

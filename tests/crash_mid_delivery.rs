@@ -65,13 +65,7 @@ async fn sigkill_during_delivery_resends_at_most_the_in_flight_messages() {
     let _relay = Daemon::start(tmp.path(), &[backend.addr()], "", &delivery).await;
     let mut copies: HashMap<String, usize> = HashMap::new();
     let complete = wait_until_async(Duration::from_secs(30), || {
-        copies.clear();
-        for m in backend.messages() {
-            let data = m.data_str();
-            if let Some(mid) = data.lines().find_map(|l| l.strip_prefix("Message-ID: ")) {
-                *copies.entry(mid.to_owned()).or_default() += 1;
-            }
-        }
+        copies = count_by_header(&backend.messages(), "Message-ID");
         copies.len() == N
     })
     .await;

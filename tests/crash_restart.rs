@@ -59,12 +59,11 @@ async fn acknowledged_messages_survive_sigkill() {
     let mut seen: HashMap<String, usize> = HashMap::new();
     for m in &got {
         let data = m.data_str();
-        let mid = data
-            .lines()
-            .find_map(|l| l.strip_prefix("Message-ID: "))
+        let mid = m
+            .header("Message-ID")
             .unwrap_or_else(|| panic!("no Message-ID in {data}"));
         let id = acked
-            .get(mid)
+            .get(&mid)
             .unwrap_or_else(|| panic!("unexpected message {mid}"));
         assert!(
             data.contains(&format!(" id {id}")),

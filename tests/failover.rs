@@ -15,17 +15,7 @@ const DEPTH: &str = "breakwater_queue_depth";
 
 /// How often each Message-ID occurs in `msgs`.
 fn id_counts(msgs: &[Received]) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for m in msgs {
-        let id = m
-            .data_str()
-            .lines()
-            .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned));
-        *seen
-            .entry(id.expect("message has a Message-ID"))
-            .or_default() += 1;
-    }
-    seen
+    count_by_header(msgs, "Message-ID")
 }
 
 async fn send(smtp: SocketAddr, tag: &'static str, ids: Vec<usize>) {

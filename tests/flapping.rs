@@ -36,17 +36,7 @@ async fn send(smtp: SocketAddr, k: usize) -> Vec<String> {
 
 /// How often each Message-ID reached the backend.
 fn id_counts(backend: &Backend) -> HashMap<String, usize> {
-    let mut seen = HashMap::new();
-    for m in backend.messages() {
-        let id = m
-            .data_str()
-            .lines()
-            .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned));
-        *seen
-            .entry(id.expect("message has a Message-ID"))
-            .or_default() += 1;
-    }
-    seen
+    count_by_header(&backend.messages(), "Message-ID")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

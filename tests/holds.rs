@@ -40,14 +40,10 @@ async fn stays_at(backend: &Backend, n: usize) -> bool {
 }
 
 fn subjects(backend: &Backend) -> Vec<String> {
-    let subject = |d: String| {
-        d.lines()
-            .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
-    };
     backend
         .messages()
-        .into_iter()
-        .filter_map(|m| subject(m.data_str()))
+        .iter()
+        .filter_map(|m| m.header("Subject"))
         .collect()
 }
 

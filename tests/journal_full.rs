@@ -103,14 +103,7 @@ async fn full_journal_defers_with_452_and_recovers_after_delivery() {
     let got = backend
         .wait_for(2 * accepted, Duration::from_secs(20))
         .await;
-    let mut subjects: Vec<String> = got
-        .iter()
-        .filter_map(|m| {
-            m.data_str()
-                .lines()
-                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_owned))
-        })
-        .collect();
+    let mut subjects: Vec<String> = got.iter().filter_map(|m| m.header("Subject")).collect();
     subjects.sort();
     let mut want: Vec<String> = (0..accepted)
         .chain(100..100 + accepted)

@@ -80,14 +80,7 @@ async fn down_backend_gets_probes_not_a_storm_and_backlog_drains_when_it_returns
         "first message {took:?} after the backend returned (bound {bound:?})"
     );
     let got = backend.wait_for(N, Duration::from_secs(15)).await;
-    let ids: HashSet<String> = got
-        .iter()
-        .filter_map(|m| {
-            m.data_str()
-                .lines()
-                .find_map(|l| l.strip_prefix("Message-ID: ").map(str::to_owned))
-        })
-        .collect();
+    let ids: HashSet<String> = got.iter().filter_map(|m| m.header("Message-ID")).collect();
     assert!(
         (0..N).all(|i| ids.contains(&format!("<storm-{i}@client.test>"))),
         "{ids:?}"

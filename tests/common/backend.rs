@@ -98,6 +98,25 @@ impl Received {
     pub fn data_str(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
     }
+
+    /// The value of the first header line `name: value` (exact name, no folding).
+    pub fn header(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}: ");
+        self.data_str()
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    }
+}
+
+/// How often each value of header `name` occurs in `msgs` (messages without
+/// the header are counted under "").
+pub fn count_by_header(msgs: &[Received], name: &str) -> std::collections::HashMap<String, usize> {
+    let mut seen = std::collections::HashMap::new();
+    for m in msgs {
+        *seen.entry(m.header(name).unwrap_or_default()).or_default() += 1;
+    }
+    seen
 }
 
 #[derive(Debug, Clone)]

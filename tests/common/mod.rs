@@ -14,7 +14,7 @@ pub mod backend;
 pub mod client;
 pub mod relay;
 
-pub use backend::{Backend, BackendOptions, Received};
+pub use backend::{Backend, BackendOptions, Received, count_by_header};
 pub use client::{Client, Reply, dot_stuff};
 pub use relay::{Relay, config_text, http, metric_value, wait_metric};
 
