@@ -22,7 +22,7 @@ fn record(j: &Journal) -> Record {
             params: MailParams::default(),
             client_ip: "127.0.0.1".parse().unwrap(),
             helo: "client.test".into(),
-            tls: false,
+            tls: None,
             arrived_ms: 0,
         },
         rcpts: vec![Recipient {

@@ -145,8 +145,45 @@ pub struct Smtp {
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
     /// How long a client may stay silent before `421 4.4.2` (RFC 5321: at least 5m).
+    /// It also bounds every write to the client and the time to receive each whole
+    /// command line or message line (Postfix's `smtpd_timeout` with
+    /// `smtpd_per_record_deadline = yes`), so a client sending a byte at a time
+    /// or never reading its replies loses its slot.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Dur,
+    /// The whole message (from `354` to the final dot, or all BDAT chunks) must
+    /// arrive within this time; then `421 4.4.2`.
+    #[serde(default = "default_data_timeout")]
+    pub data_timeout: Dur,
+    /// Most concurrent sessions from one IP address; more get `421 4.7.0`.
+    #[serde(default = "default_max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Error replies (4xx/5xx to commands) one session may receive; then
+    /// `421 4.7.0` and the connection is closed (Postfix `smtpd_hard_error_limit`).
+    #[serde(default = "default_max_errors")]
+    pub max_errors: usize,
+    /// More `Received:` headers than this in a message: `554 5.4.6` (mail loop;
+    /// Postfix `hopcount_limit`).
+    #[serde(default = "default_max_received_headers")]
+    pub max_received_headers: usize,
+    /// Wait this long before the greeting; a client that talks before it is a
+    /// pregreet offender (postscreen's test): logged, and its first command gets
+    /// `554 5.5.0`. `0s` only catches clients that talk before the session starts.
+    #[serde(default = "default_greet_pause")]
+    pub greet_pause: Dur,
+    /// Inbound STARTTLS; advertised only when set.
+    #[serde(default)]
+    pub tls: Option<SmtpTls>,
+}
+
+/// `[smtp.tls]`: the certificate for inbound STARTTLS (re-read on SIGHUP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpTls {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 fn default_listen() -> Vec<String> {
@@ -164,6 +201,21 @@ fn default_max_connections() -> usize {
 fn default_idle_timeout() -> Dur {
     Dur(Duration::from_secs(300))
 }
+fn default_data_timeout() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_max_connections_per_ip() -> usize {
+    20
+}
+fn default_max_errors() -> usize {
+    10
+}
+fn default_max_received_headers() -> usize {
+    50
+}
+fn default_greet_pause() -> Dur {
+    Dur(Duration::ZERO)
+}
 
 impl Default for Smtp {
     fn default() -> Self {
@@ -173,6 +225,12 @@ impl Default for Smtp {
             max_recipients: default_max_recipients(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            data_timeout: default_data_timeout(),
+            max_connections_per_ip: default_max_connections_per_ip(),
+            max_errors: default_max_errors(),
+            max_received_headers: default_max_received_headers(),
+            greet_pause: default_greet_pause(),
+            tls: None,
         }
     }
 }
@@ -187,6 +245,10 @@ pub struct Journal {
     /// Message bytes the journal may hold; beyond it clients get `452 4.3.1`.
     #[serde(default = "default_max_bytes")]
     pub max_bytes: u64,
+    /// Free space on the journal's file system below which new mail is refused
+    /// at MAIL with `452 4.3.1` (and `/readyz` says so); delivery goes on.
+    #[serde(default = "default_min_free_bytes")]
+    pub min_free_bytes: u64,
 }
 
 fn default_journal_path() -> PathBuf {
@@ -195,24 +257,64 @@ fn default_journal_path() -> PathBuf {
 fn default_max_bytes() -> u64 {
     10_737_418_240
 }
+fn default_min_free_bytes() -> u64 {
+    536_870_912
+}
 
 impl Default for Journal {
     fn default() -> Self {
         Journal {
             path: default_journal_path(),
             max_bytes: default_max_bytes(),
+            min_free_bytes: default_min_free_bytes(),
         }
     }
 }
 
-/// `[relay]`: the domains we are MX for.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// `[relay]`: the domains we are MX for, and which recipients exist there.
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Relay {
     /// Recipient domains accepted from anyone. `.example.com` also matches subdomains
     /// (Postfix `relay_domains` style); `example.com` matches only itself.
     #[serde(default)]
     pub domains: Vec<String>,
+    /// A file of known recipients, one a line: `user@example.com` or
+    /// `*@example.com` (every address of the domain); `#` starts a comment.
+    /// Re-read on SIGHUP. A relay domain with no line in it accepts everyone,
+    /// unless `verify_recipients` says otherwise.
+    #[serde(default)]
+    pub recipients: Option<PathBuf>,
+    /// Check unknown recipients with a RCPT probe to a backend that is up, and
+    /// cache the answer (Postfix `reject_unverified_recipient`). While no backend
+    /// is up, cached answers apply and uncached recipients are accepted.
+    #[serde(default)]
+    pub verify_recipients: bool,
+    /// How long a backend's "this user exists" is cached.
+    #[serde(default = "default_verify_positive_ttl")]
+    pub verify_positive_ttl: Dur,
+    /// How long a backend's "no such user" is cached.
+    #[serde(default = "default_verify_negative_ttl")]
+    pub verify_negative_ttl: Dur,
+}
+
+fn default_verify_positive_ttl() -> Dur {
+    Dur(Duration::from_secs(7 * 86_400))
+}
+fn default_verify_negative_ttl() -> Dur {
+    Dur(Duration::from_secs(3_600))
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            domains: Vec::new(),
+            recipients: None,
+            verify_recipients: false,
+            verify_positive_ttl: default_verify_positive_ttl(),
+            verify_negative_ttl: default_verify_negative_ttl(),
+        }
+    }
 }
 
 /// TLS policy towards a backend.
@@ -300,6 +402,11 @@ pub struct Delivery {
     /// Grace period for in-flight deliveries at shutdown.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// Longest line sent to a backend, CRLF not counted; longer lines are broken
+    /// by inserting CRLF SPACE, as Postfix's `smtp_line_length_limit` does
+    /// (RFC 5322's limit is 998). 0 sends lines as they came.
+    #[serde(default = "default_line_length_limit")]
+    pub line_length_limit: usize,
 }
 
 fn default_retry() -> Vec<Dur> {
@@ -317,6 +424,9 @@ fn default_concurrency() -> usize {
 fn default_shutdown_grace() -> Dur {
     Dur(Duration::from_secs(10))
 }
+fn default_line_length_limit() -> usize {
+    998
+}
 
 impl Default for Delivery {
     fn default() -> Self {
@@ -327,6 +437,7 @@ impl Default for Delivery {
             drain_rate: None,
             delay_warning: None,
             shutdown_grace: default_shutdown_grace(),
+            line_length_limit: default_line_length_limit(),
         }
     }
 }
@@ -480,6 +591,20 @@ impl Config {
         if self.journal.max_bytes == 0 {
             p.add("journal.max_bytes", "must be greater than 0");
         }
+        if let Some(path) = &self.relay.recipients
+            && let Err(e) = std::fs::metadata(path)
+        {
+            p.add(
+                "relay.recipients",
+                format!("cannot read {}: {e}", path.display()),
+            );
+        }
+        if self.relay.verify_positive_ttl.0.is_zero() {
+            p.add("relay.verify_positive_ttl", "must be greater than 0");
+        }
+        if self.relay.verify_negative_ttl.0.is_zero() {
+            p.add("relay.verify_negative_ttl", "must be greater than 0");
+        }
         if self.relay.domains.is_empty() {
             p.add(
                 "relay.domains",
@@ -542,6 +667,34 @@ impl Config {
                 "must be at least 1s (RFC 5321 suggests 5m)",
             );
         }
+        if self.smtp.data_timeout.0 < Duration::from_secs(1) {
+            p.add(
+                "smtp.data_timeout",
+                "must be at least 1s (RFC 5321 suggests 10m)",
+            );
+        }
+        if self.smtp.max_connections_per_ip == 0 {
+            p.add("smtp.max_connections_per_ip", "must be at least 1");
+        }
+        if self.smtp.max_errors == 0 {
+            p.add("smtp.max_errors", "must be at least 1");
+        }
+        if self.smtp.max_received_headers == 0 {
+            p.add("smtp.max_received_headers", "must be at least 1");
+        }
+        if self.smtp.greet_pause.0 > Duration::from_secs(30) {
+            p.add(
+                "smtp.greet_pause",
+                "must be at most 30s (senders give up waiting for a greeting)",
+            );
+        }
+        if let Some(tls) = &self.smtp.tls {
+            for (key, path) in [("smtp.tls.cert", &tls.cert), ("smtp.tls.key", &tls.key)] {
+                if let Err(e) = std::fs::metadata(path) {
+                    p.add(key, format!("cannot read {}: {e}", path.display()));
+                }
+            }
+        }
     }
 
     fn validate_backends(&self, p: &mut Problems) {
@@ -595,6 +748,12 @@ impl Config {
         }
         if d.concurrency == 0 {
             p.add("delivery.concurrency", "must be at least 1");
+        }
+        if d.line_length_limit != 0 && d.line_length_limit < 78 {
+            p.add(
+                "delivery.line_length_limit",
+                "must be 0 (off) or at least 78 (RFC 5322 asks for 78, allows 998)",
+            );
         }
         if let Some(rate) = d.drain_rate
             && !(rate.is_finite() && rate > 0.0)

@@ -59,17 +59,37 @@ impl Listeners {
     }
 }
 
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The journal could not be opened.
+    #[error("journal: {0}")]
+    Journal(#[from] journal::Error),
+    /// The STARTTLS certificate or key could not be loaded.
+    #[error("{0}")]
+    Tls(#[from] smtp::tls::Error),
+    /// The recipient list could not be loaded.
+    #[error("{0}")]
+    Recipients(String),
+}
+
 /// Runs the relay until `shutdown` resolves, then stops accepting, answers
 /// `421 4.3.0` to open sessions, lets in-flight deliveries finish within
-/// `delivery.shutdown_grace`, and closes the journal.
+/// `delivery.shutdown_grace`, and closes the journal. SIGHUP re-reads the
+/// STARTTLS certificate and the recipient list.
 pub async fn run(
     config: config::Config,
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), journal::Error> {
+) -> Result<(), Error> {
     let config = Arc::new(config);
+    let tls = match &config.smtp.tls {
+        Some(t) => Some(Arc::new(smtp::tls::Tls::load(t)?)),
+        None => None,
+    };
     let mut opts = journal::Options::new(&config.journal.path, config.journal.max_bytes);
     opts.cache_bytes = 16 << 20;
+    opts.min_free_bytes = config.journal.min_free_bytes;
     let (journal, recovered) = journal::Journal::open(&opts)?;
     let metrics = Arc::new(admin::metrics::Metrics::new());
     let health = Arc::new(health::Health::new(
@@ -95,6 +115,8 @@ pub async fn run(
     ));
     let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
 
+    let recipients = smtp::recipients::Recipients::new(&config, queue.gate().clone())
+        .map_err(Error::Recipients)?;
     let ctx = Arc::new(smtp::Context {
         hostname: config.hostname.clone(),
         max_message_size: config.smtp.max_message_size,
@@ -105,18 +127,19 @@ pub async fn run(
         queue: queue.clone(),
         metrics: metrics.clone(),
         shutdown: stop.token.clone(),
+        tls,
+        recipients,
     });
+    tokio::spawn(reload_on_hangup(ctx.clone()));
+    let max_connections =
+        smtp::listener::fit_connections(config.smtp.max_connections, descriptors_reserved(&config));
+    let per_listener = max_connections;
     let mut accept_tasks = Vec::new();
     for l in listeners.smtp {
         if let Ok(addr) = l.local_addr() {
             tracing::info!("smtp listening on {addr}");
         }
-        let task = smtp::listener::run(
-            l,
-            ctx.clone(),
-            config.smtp.max_connections,
-            stop.tracker.clone(),
-        );
+        let task = smtp::listener::run(l, ctx.clone(), per_listener, stop.tracker.clone());
         accept_tasks.push(tokio::spawn(task));
     }
     if let Some(l) = listeners.admin {
@@ -149,4 +172,43 @@ pub async fn run(
     journal.close().await;
     tracing::info!("journal closed; bye");
     Ok(())
+}
+
+/// File descriptors kept for everything but inbound sessions: the journal,
+/// listeners, admin clients, backend and DSN connections, recipient probes.
+fn descriptors_reserved(config: &config::Config) -> usize {
+    let backends: usize = config
+        .backend
+        .iter()
+        .map(|b| b.max_connections.unwrap_or(config.delivery.concurrency))
+        .sum();
+    128 + backends + config.delivery.concurrency + 32
+}
+
+/// On SIGHUP: re-reads the STARTTLS certificate and `relay.recipients`,
+/// without touching sessions or deliveries. A file that does not load is
+/// refused and the one in use stays.
+async fn reload_on_hangup(ctx: Arc<smtp::Context>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; reload needs a restart");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {}
+            _ = ctx.shutdown.cancelled() => return,
+        }
+        tracing::info!("SIGHUP: reloading the TLS certificate and the recipient list");
+        if let Some(tls) = &ctx.tls {
+            match tls.reload() {
+                Ok(()) => tracing::info!("TLS certificate reloaded"),
+                Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),
+            }
+        }
+        match ctx.recipients.reload() {
+            Ok(()) => {}
+            Err(e) => tracing::error!("recipient list not reloaded, the old one stays: {e}"),
+        }
+    }
 }

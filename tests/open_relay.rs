@@ -39,7 +39,15 @@ const REFUSED_MARKS: &[&str] = &[
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_recipients_never_reach_the_backend() {
     let mut backend = Backend::start().await;
-    let mut relay = Relay::start(&[backend.addr()], "").await;
+    // Every refusal of the table twice in one session: above the default
+    // smtp.max_errors (tested on its own in tests/error_limit.rs).
+    let mut relay = Relay::start(
+        &[backend.addr()],
+        "[smtp]
+max_errors = 100
+",
+    )
+    .await;
     let mut c = Client::connect(relay.smtp).await;
     c.ehlo("client.test").await;
 

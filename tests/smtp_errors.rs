@@ -6,7 +6,8 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-const EXTRA: &str = "[smtp]\nmax_message_size = 100000\n";
+// Many errors in one session on purpose: above the default smtp.max_errors.
+const EXTRA: &str = "[smtp]\nmax_message_size = 100000\nmax_errors = 100\n";
 const WAIT: Duration = Duration::from_secs(10);
 
 /// Asserts a 5xx reply whose text starts with an enhanced code `5.x.y`.

@@ -27,6 +27,56 @@ pub struct Metrics {
     pub journal_bytes: IntGauge,
     /// `breakwater_smtp_sessions_active`
     pub smtp_sessions_active: IntGauge,
+    /// `breakwater_smtp_rejections_total{reason}`
+    pub smtp_rejections: IntCounterVec,
+    /// `breakwater_tls_sessions_total{version}`
+    pub tls_sessions: IntCounterVec,
+}
+
+/// Why the SMTP edge refused something (`breakwater_smtp_rejections_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Recipient outside `relay.domains`, or a routing trick.
+    RelayDenied,
+    /// Recipient unknown (static list or backend verification).
+    UnknownUser,
+    /// Message or BDAT chunk over `smtp.max_message_size`.
+    Size,
+    /// Connection limits: `smtp.max_connections`, `smtp.max_connections_per_ip`.
+    Rate,
+    /// `smtp.max_errors` reached: the session was closed.
+    Errors,
+    /// STARTTLS could not start or its handshake failed.
+    Tls,
+    /// More than `smtp.max_received_headers` `Received:` headers.
+    Loop,
+    /// The journal could not take the message (full, low on disk, storage error).
+    Storage,
+    /// Bare CR, bare LF or NUL in a message (SMTP smuggling defence).
+    Smuggling,
+    /// The client talked before the greeting.
+    Pregreet,
+    /// A line or the whole message took too long, or the client stopped reading.
+    Timeout,
+}
+
+impl Rejection {
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Rejection::RelayDenied => "relay_denied",
+            Rejection::UnknownUser => "unknown_user",
+            Rejection::Size => "size",
+            Rejection::Rate => "rate",
+            Rejection::Errors => "errors",
+            Rejection::Tls => "tls",
+            Rejection::Loop => "loop",
+            Rejection::Storage => "storage",
+            Rejection::Smuggling => "smuggling",
+            Rejection::Pregreet => "pregreet",
+            Rejection::Timeout => "timeout",
+        }
+    }
 }
 
 impl Metrics {
@@ -69,7 +119,26 @@ impl Metrics {
         registry
             .register(Box::new(backend_up.clone()))
             .expect("unique metric");
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let smtp_rejections = counter_vec(
+            "breakwater_smtp_rejections_total",
+            "Refusals at the SMTP edge; reason = relay_denied, unknown_user, size, rate, errors, tls, loop, storage, smuggling, pregreet, timeout",
+            "reason",
+        );
+        let tls_sessions = counter_vec(
+            "breakwater_tls_sessions_total",
+            "Inbound sessions that completed STARTTLS, by TLS version",
+            "version",
+        );
         Metrics {
+            smtp_rejections,
+            tls_sessions,
             queue_depth: gauge(
                 "breakwater_queue_depth",
                 "Messages in the journal not yet fully delivered",
@@ -113,6 +182,11 @@ impl Metrics {
         self.delivery_attempts
             .with_label_values(&[backend, result])
             .inc();
+    }
+
+    /// Counts one refusal at the SMTP edge.
+    pub fn reject(&self, why: Rejection) {
+        self.smtp_rejections.with_label_values(&[why.label()]).inc();
     }
 
     /// The Prometheus text exposition of every metric.

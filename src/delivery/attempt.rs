@@ -252,7 +252,7 @@ mod tests {
                 params: MailParams::default(),
                 client_ip: "127.0.0.1".parse().unwrap(),
                 helo: "c".into(),
-                tls: false,
+                tls: None,
                 arrived_ms: 1_000_000,
             },
             rcpts: states.into_iter().map(rcpt).collect(),

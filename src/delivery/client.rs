@@ -246,6 +246,42 @@ impl Backends {
     }
 }
 
+/// Asks `backend` whether it would take mail for `address` (`MAIL FROM:<>`,
+/// `RCPT TO`, then `QUIT`), with the backend's TLS policy, all within
+/// `timeout`. Returns the RCPT reply; `Err` if no answer about the recipient
+/// was had (connection trouble, MAIL refused), which says nothing about it.
+pub async fn probe_recipient(
+    backend: &config::Backend,
+    helo: &str,
+    address: &str,
+    timeout: Duration,
+) -> Result<Reply, String> {
+    let run = async {
+        let tls = super::tls::connector();
+        let mut conn = connect(backend, helo, &tls)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mail = conn
+            .client
+            .cmd(b"MAIL FROM:<>\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        if !(200..300).contains(&mail.code) {
+            return Err(format!("MAIL refused: {}", Reply::from(mail)));
+        }
+        let rcpt = conn
+            .client
+            .cmd(format!("RCPT TO:<{address}>\r\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.client.quit()).await;
+        Ok(Reply::from(rcpt))
+    };
+    tokio::time::timeout(timeout, run)
+        .await
+        .map_err(|_| format!("no answer within {timeout:?}"))?
+}
+
 /// Every open recipient deferred: no server could be reached.
 fn unreachable(record: &Record, detail: &str) -> Attempt {
     let outcome = Outcome::unreachable(detail);

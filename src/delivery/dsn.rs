@@ -214,7 +214,7 @@ mod tests {
                 },
                 client_ip: "127.0.0.1".parse().unwrap(),
                 helo: "client.test".into(),
-                tls: false,
+                tls: None,
                 arrived_ms: 1_700_000_000_000,
             },
             rcpts: vec![Recipient {

@@ -87,6 +87,11 @@ impl Queue {
         Ok(())
     }
 
+    /// The delivery gate (which backends may take mail now).
+    pub fn gate(&self) -> &Arc<gate::Gate> {
+        &self.gate
+    }
+
     /// Holds (`true`) or releases one message, persisted in its journal record.
     pub async fn set_message_held(&self, id: QueueId, held: bool) -> Result<(), String> {
         let (done, rx) = oneshot::channel();

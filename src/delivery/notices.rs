@@ -52,7 +52,7 @@ pub(super) async fn notify(
         return None;
     }
     match queue_dsn(shared, record, body, &entries).await {
-        Queued::Yes(notice) => Some(notice),
+        Queued::Yes(notice) => Some(*notice),
         Queued::Never => None,
         Queued::Failed => {
             for i in marked {
@@ -66,7 +66,7 @@ pub(super) async fn notify(
 /// What became of a DSN.
 enum Queued {
     /// Journaled; to be scheduled.
-    Yes(Record),
+    Yes(Box<Record>),
     /// Not to be sent, ever (the message came from the null sender).
     Never,
     /// The journal refused it; try again later.
@@ -96,7 +96,7 @@ pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
     if !entries.is_empty() {
         match shared.journal.body(record.id) {
             Ok(Some(body)) => match queue_dsn(shared, &record, &body, &entries).await {
-                Queued::Yes(n) => notice = Some(Box::new(n)),
+                Queued::Yes(n) => notice = Some(n),
                 Queued::Never => {}
                 Queued::Failed => record.delay_warned = false,
             },
@@ -158,7 +158,7 @@ async fn queue_dsn(
                 notice.id,
                 record.envelope.mail_from
             );
-            Queued::Yes(notice)
+            Queued::Yes(Box::new(notice))
         }
         Err(e) => {
             tracing::error!("{} DSN not queued (retried later): {e}", record.id);
@@ -187,7 +187,7 @@ fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
             params: MailParams::default(),
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
             helo: shared.hostname.clone(),
-            tls: false,
+            tls: None,
             arrived_ms: now,
         },
         rcpts: vec![Recipient {

@@ -2,30 +2,65 @@
 //!
 //! Sessions and delivery tasks send [`Op`]s; the writer takes everything that is
 //! waiting (up to a batch limit), applies it in one write transaction, commits it
-//! durably (redb fsyncs on `Durability::Immediate`, its default) and only then answers
-//! every op of the batch. While one commit is on disk the next batch gathers, so
-//! concurrent sessions share fsyncs instead of paying one each.
+//! and only then answers every op of the batch. While one commit is on disk the
+//! next batch gathers, so concurrent sessions share fsyncs instead of paying one
+//! each. A batch that only stages parts of messages still being received (or
+//! discards them) commits without fsync: nothing in it has been acknowledged.
+//!
+//! After an I/O error (a full disk, say) redb refuses every later transaction
+//! until the database is closed and opened again. The writer then fails every op
+//! with [`CommitError::Unavailable`], closes the database, and reopens it with a
+//! back-off until that works, by itself, when space returns. Each reopen bumps
+//! the generation: parts staged before it may be gone (they were never durable),
+//! so a message whose parts were staged in an older generation is refused.
 
-use super::{BODIES, META, PART, SETTINGS};
-use redb::Database;
+use super::{BODIES, META, PART, SETTINGS, STAGING, Shared};
+use redb::{Database, Durability, ReadableTable};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// One change to the journal, answered once it is durable.
+/// Why a batch was not committed. Cloned to every op of the batch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// redb refused the transaction.
+    #[error("{0}")]
+    Storage(Arc<redb::Error>),
+    /// The database is closed after an I/O error and being reopened.
+    #[error("journal unavailable after a storage error (reopening): {0}")]
+    Unavailable(Arc<str>),
+    /// The message's staged parts were written before a reopen and may be lost.
+    #[error("the message's parts were lost when the journal was reopened")]
+    StagedLost,
+}
+
+/// One change to the journal, answered once it is committed.
 pub(super) struct Op {
     pub kind: OpKind,
-    pub done: oneshot::Sender<Result<(), String>>,
+    pub done: oneshot::Sender<Result<(), CommitError>>,
 }
 
 /// What to change.
 pub(super) enum OpKind {
-    /// A new message: metadata and bytes.
+    /// A message is complete: its remaining parts (from `first_part` on) and its
+    /// metadata, durably. `staged` is the generation its earlier parts were
+    /// staged in, if any were.
     Insert {
         id: u64,
         meta: Vec<u8>,
         body: Vec<u8>,
+        first_part: u32,
+        staged: Option<u64>,
     },
+    /// Whole parts of a message still being received, from `first_part` on.
+    Stage {
+        id: u64,
+        first_part: u32,
+        data: Vec<u8>,
+    },
+    /// A message that will never be complete: drop its first `parts` staged parts.
+    Discard { id: u64, parts: u32 },
     /// New metadata for a stored message (after a delivery attempt, a hold ...).
     Update { id: u64, meta: Vec<u8> },
     /// The message is done with: remove metadata and its `parts` body parts.
@@ -34,6 +69,21 @@ pub(super) enum OpKind {
     Setting { key: &'static str, value: u64 },
     /// Finish what is queued, then stop the writer.
     Shutdown,
+}
+
+impl OpKind {
+    /// True if acknowledging this op promises durability (needs fsync).
+    fn is_durable(&self) -> bool {
+        !matches!(self, OpKind::Stage { .. } | OpKind::Discard { .. })
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            OpKind::Insert { body, .. } => body.len(),
+            OpKind::Stage { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// Limits of one group commit.
@@ -54,28 +104,52 @@ impl Default for BatchLimits {
     }
 }
 
+/// Longest pause between two reopen attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// The writer loop; returns when a `Shutdown` op was handled or every sender is gone.
-pub(super) fn run(db: Arc<Database>, rx: Receiver<Op>, limits: BatchLimits) {
+pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
     let mut batch: Vec<Op> = Vec::with_capacity(limits.max_ops);
-    while let Ok(first) = rx.recv() {
+    let mut generation = 0u64;
+    loop {
+        if shared.db().is_err() && !reopen(&shared, &rx, &mut generation) {
+            return;
+        }
+        let Ok(first) = rx.recv() else { return };
         batch.push(first);
-        let mut bytes = 0;
-        let mut stop = false;
+        let mut bytes = batch[0].kind.bytes();
         while batch.len() < limits.max_ops && bytes < limits.max_bytes {
             match rx.try_recv() {
                 Ok(op) => {
-                    if let OpKind::Insert { body, .. } = &op.kind {
-                        bytes += body.len();
-                    }
+                    bytes += op.kind.bytes();
                     batch.push(op);
                 }
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let result = apply(&db, &batch).map_err(|e| e.to_string());
+        let result = match shared.db() {
+            Ok(db) => apply(&db, &batch, generation).map_err(|e| {
+                if needs_reopen(&e) {
+                    shared.broken(&e.to_string());
+                }
+                CommitError::Storage(Arc::new(e))
+            }),
+            Err(e) => Err(e),
+        };
+        // A message refused for stale parts must not fail its batch-mates.
+        let mut stop = false;
         for op in batch.drain(..) {
             stop |= matches!(op.kind, OpKind::Shutdown);
-            let _ = op.done.send(result.clone());
+            let r = match (&result, &op.kind) {
+                (
+                    Ok(()),
+                    OpKind::Insert {
+                        staged: Some(g), ..
+                    },
+                ) if *g != generation => Err(CommitError::StagedLost),
+                _ => result.clone(),
+            };
+            let _ = op.done.send(r);
         }
         if stop {
             return;
@@ -83,22 +157,90 @@ pub(super) fn run(db: Arc<Database>, rx: Receiver<Op>, limits: BatchLimits) {
     }
 }
 
-fn apply(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
-    let txn = db.begin_write()?;
+/// After an I/O error: fail what arrives, close the database, and open it again
+/// with a back-off until that works. Returns false if the writer must stop.
+fn reopen(shared: &Shared, rx: &Receiver<Op>, generation: &mut u64) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match shared.reopen() {
+            Ok(()) => {
+                *generation += 1;
+                shared.set_generation(*generation);
+                tracing::warn!("journal reopened after a storage error; accepting mail again");
+                return true;
+            }
+            Err(e) => tracing::debug!("journal reopen failed (retrying in {backoff:?}): {e}"),
+        }
+        let until = std::time::Instant::now() + backoff;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(op) => {
+                    let stop = matches!(op.kind, OpKind::Shutdown);
+                    let _ = op.done.send(Err(shared.unavailable()));
+                    if stop {
+                        return false;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return false,
+            }
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// True if redb wants the database closed and reopened after this error.
+fn needs_reopen(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+fn apply(db: &Database, batch: &[Op], generation: u64) -> Result<(), redb::Error> {
+    let mut txn = db.begin_write()?;
+    if !batch.iter().any(|op| op.kind.is_durable()) {
+        txn.set_durability(Durability::None)?;
+    }
     {
         let mut meta = txn.open_table(META)?;
         let mut bodies = txn.open_table(BODIES)?;
         let mut settings = txn.open_table(SETTINGS)?;
+        let mut staging = txn.open_table(STAGING)?;
         for op in batch {
             match &op.kind {
-                OpKind::Insert { id, meta: m, body } => {
-                    if body.is_empty() {
+                OpKind::Insert {
+                    id,
+                    meta: m,
+                    body,
+                    first_part,
+                    staged,
+                } => {
+                    if let Some(g) = staged {
+                        if *g != generation {
+                            // Answered with StagedLost; the spool discards its parts.
+                            continue;
+                        }
+                        staging.remove(id)?;
+                    }
+                    insert_parts(&mut bodies, *id, *first_part, body)?;
+                    if body.is_empty() && *first_part == 0 {
                         bodies.insert((*id, 0), [].as_slice())?;
                     }
-                    for (part, chunk) in body.chunks(PART).enumerate() {
-                        bodies.insert((*id, part as u32), chunk)?;
-                    }
                     meta.insert(id, m.as_slice())?;
+                }
+                OpKind::Stage {
+                    id,
+                    first_part,
+                    data,
+                } => {
+                    if *first_part == 0 {
+                        staging.insert(id, generation)?;
+                    }
+                    insert_parts(&mut bodies, *id, *first_part, data)?;
+                }
+                OpKind::Discard { id, parts } => {
+                    staging.remove(id)?;
+                    for part in 0..*parts {
+                        bodies.remove((*id, part))?;
+                    }
                 }
                 OpKind::Update { id, meta: m } => {
                     meta.insert(id, m.as_slice())?;
@@ -118,4 +260,44 @@ fn apply(db: &Database, batch: &[Op]) -> Result<(), redb::Error> {
     }
     txn.commit()?;
     Ok(())
+}
+
+fn insert_parts(
+    bodies: &mut redb::Table<(u64, u32), &[u8]>,
+    id: u64,
+    first_part: u32,
+    data: &[u8],
+) -> Result<(), redb::Error> {
+    for (k, chunk) in data.chunks(PART).enumerate() {
+        bodies.insert((id, first_part + k as u32), chunk)?;
+    }
+    Ok(())
+}
+
+/// Removes the parts of messages whose reception never finished (staged, then
+/// the relay stopped or crashed before their final commit). Returns how many.
+pub(super) fn drop_unfinished(db: &Database) -> Result<usize, redb::Error> {
+    let txn = db.begin_write()?;
+    let mut n = 0;
+    {
+        let mut staging = txn.open_table(STAGING)?;
+        let mut bodies = txn.open_table(BODIES)?;
+        let ids: Vec<u64> = staging
+            .iter()?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        for id in ids {
+            let parts: Vec<u32> = bodies
+                .range((id, 0)..=(id, u32::MAX))?
+                .map(|e| e.map(|(k, _)| k.value().1))
+                .collect::<Result<_, _>>()?;
+            for part in parts {
+                bodies.remove((id, part))?;
+            }
+            staging.remove(id)?;
+            n += 1;
+        }
+    }
+    txn.commit()?;
+    Ok(n)
 }

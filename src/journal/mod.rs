@@ -1,68 +1,115 @@
 //! The journal: the durable queue, the single source of truth for every message.
 //!
-//! Layout on disk: one redb file, `<journal.path>/journal.redb`, with two tables
-//! keyed by queue id: `meta` (the [`Record`]: envelope and per-recipient state, JSON)
-//! and `bodies` (the message bytes exactly as they will be relayed, our `Received:`
-//! header included). Every change goes through the group-commit writer
-//! ([`commit`]); a method that changes the journal returns only once the change is
-//! durable.
+//! Layout on disk: one redb file, `<journal.path>/journal.redb` (directory 0700,
+//! file 0600), with tables keyed by queue id: `meta` (the [`Record`]: envelope and
+//! per-recipient state, JSON), `bodies` (the message bytes exactly as they will
+//! be relayed, our `Received:` header included, in parts of [`PART`] bytes),
+//! `staging` (messages whose parts are being written while they arrive) and
+//! `settings`. Every change goes through the group-commit writer ([`commit`]); a
+//! method that changes the journal returns only once the change is durable.
+//!
+//! Large messages are not held in memory: a session writes them through a
+//! [`Spool`], which stages whole parts as they arrive (without fsync: nothing
+//! is acknowledged yet) and commits the rest with the record durably at the end.
+//! Parts of a message whose reception never finished are removed at the next open.
 
 mod commit;
 pub mod record;
 
-pub use commit::BatchLimits;
-pub use record::{Envelope, MailParams, QueueId, RcptState, Recipient, Record};
+pub use commit::{BatchLimits, CommitError};
+pub use record::{Envelope, MailParams, QueueId, RcptState, Recipient, Record, TlsInfo};
 
 use commit::{Op, OpKind};
 use record::IdGenerator;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub(crate) const META: TableDefinition<u64, &[u8]> = TableDefinition::new("meta");
 /// Message bytes, split into parts of at most [`PART`] bytes keyed (id, part).
 pub(crate) const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
+/// Messages being received whose first parts are already written: id -> generation.
+pub(crate) const STAGING: TableDefinition<u64, u64> = TableDefinition::new("staging");
 
 /// Largest body part. redb keeps a value whole in one B-tree leaf, and leaves are
 /// power-of-two pages, so a 10 KiB value occupies a 16 KiB page; parts that fit a
 /// 4 KiB page keep the journal near the message size (measured: 1.22x allocated
 /// for 10.6 KB messages, against 1.60x with whole bodies).
-pub(crate) const PART: usize = 4000;
+pub const PART: usize = 4000;
+
+/// A [`Spool`] stages its parts once this many bytes are buffered: the most a
+/// session holds of a message in memory (plus one read).
+pub const STAGE_BYTES: usize = 8 * PART;
 
 /// Small persistent settings (the whole-queue hold).
 pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
 
 /// Journal failures. Sessions answer `452 4.3.1` to [`Error::Full`] and
-/// `451 4.3.0` to everything else; none of them is ever a `250`.
+/// [`Error::LowSpace`] and `451 4.3.0` to everything else; none of them is
+/// ever a `250`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Accepting the message would exceed `journal.max_bytes`.
-    #[error("journal full: {used} of {max} bytes used")]
+    #[error("journal full: {used} of {max} bytes used (journal.max_bytes)")]
     Full { used: u64, max: u64 },
-    /// The store failed (I/O error, disk full, corrupt file ...).
-    #[error("journal storage error: {0}")]
-    Storage(String),
+    /// The journal's file system has less free space than `journal.min_free_bytes`.
+    #[error("{free} bytes free on the journal's file system, below journal.min_free_bytes ({min})")]
+    LowSpace { free: u64, min: u64 },
+    /// A change was not committed.
+    #[error("journal commit failed: {0}")]
+    Commit(#[from] CommitError),
+    /// A read failed.
+    #[error("journal read failed: {0}")]
+    Read(#[source] redb::Error),
+    /// A stored record cannot be decoded.
+    #[error("record {id} unreadable: {source}")]
+    Unreadable {
+        id: QueueId,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The journal directory or file could not be set up.
+    #[error("{what}: {source}")]
+    Setup {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The journal directory can be written by other users.
+    #[error(
+        "journal.path {} is writable by other users (mode {mode:o}): they could read or forge queued mail; chmod 700 it",
+        path.display()
+    )]
+    Insecure { path: PathBuf, mode: u32 },
     /// The journal has been closed (shutting down).
     #[error("journal closed")]
     Closed,
 }
 
-impl<E: Into<redb::Error>> From<E> for Error {
-    fn from(e: E) -> Self {
-        Error::Storage(e.into().to_string())
+impl Error {
+    /// True for "no room" (`452 4.3.1`), false for storage trouble (`451 4.3.0`).
+    pub fn is_full(&self) -> bool {
+        matches!(self, Error::Full { .. } | Error::LowSpace { .. })
     }
+}
+
+fn read_error(e: impl Into<redb::Error>) -> Error {
+    Error::Read(e.into())
 }
 
 /// Options for [`Journal::open`].
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Directory of the journal file; created if missing.
+    /// Directory of the journal file; created (0700) if missing.
     pub dir: PathBuf,
     /// Message bytes the journal may hold.
     pub max_bytes: u64,
+    /// Free space below which [`Journal::check_space`] refuses new mail.
+    pub min_free_bytes: u64,
     /// Group commit limits.
     pub batch: BatchLimits,
     /// redb page cache in bytes (kept small: bodies are read once per attempt).
@@ -75,6 +122,7 @@ impl Options {
         Options {
             dir: dir.into(),
             max_bytes,
+            min_free_bytes: 0,
             batch: BatchLimits::default(),
             cache_bytes: 16 << 20,
         }
@@ -88,47 +136,120 @@ pub struct Journal {
 }
 
 struct Inner {
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     tx: mpsc::Sender<Op>,
     writer: Mutex<Option<JoinHandle<()>>>,
     ids: IdGenerator,
     live_bytes: AtomicU64,
     max_bytes: u64,
+    min_free_bytes: u64,
+    dir: PathBuf,
+}
+
+/// What the writer thread and the readers share: the open database (absent
+/// while it is being reopened after an I/O error) and the health it implies.
+pub(crate) struct Shared {
+    db: RwLock<Option<Arc<Database>>>,
     file: PathBuf,
-    healthy: AtomicBool,
+    cache_bytes: usize,
+    /// Why the database is closed, while it is.
+    broken: Mutex<Option<Arc<str>>>,
+    /// True while the database is open; changes are announced.
+    usable: watch::Sender<bool>,
+    generation: AtomicU64,
+}
+
+impl Shared {
+    /// The open database, or why there is none.
+    pub(crate) fn db(&self) -> Result<Arc<Database>, CommitError> {
+        self.db
+            .read()
+            .expect("journal lock")
+            .clone()
+            .ok_or_else(|| self.unavailable())
+    }
+
+    pub(crate) fn unavailable(&self) -> CommitError {
+        let why = self.broken.lock().expect("journal lock").clone();
+        CommitError::Unavailable(why.unwrap_or_else(|| "closed".into()))
+    }
+
+    /// Closes the database after an I/O error; [`Shared::reopen`] brings it back.
+    pub(crate) fn broken(&self, why: &str) {
+        tracing::error!(
+            "journal storage error: {why}; refusing mail (451) until it can be reopened"
+        );
+        *self.broken.lock().expect("journal lock") = Some(why.into());
+        self.db.write().expect("journal lock").take();
+        self.usable.send_replace(false);
+    }
+
+    /// Opens the file again (readers still holding the old handle make this fail
+    /// until they let go; the caller retries).
+    pub(crate) fn reopen(&self) -> Result<(), redb::Error> {
+        let db = open_db(&self.file, self.cache_bytes)?;
+        *self.db.write().expect("journal lock") = Some(Arc::new(db));
+        *self.broken.lock().expect("journal lock") = None;
+        self.usable.send_replace(true);
+        Ok(())
+    }
+
+    pub(crate) fn set_generation(&self, g: u64) {
+        self.generation.store(g, Ordering::Release);
+    }
+}
+
+fn open_db(file: &Path, cache_bytes: usize) -> Result<Database, redb::Error> {
+    Ok(Database::builder()
+        .set_cache_size(cache_bytes)
+        .create(file)?)
 }
 
 impl Journal {
     /// Opens (or creates) the journal and returns it with every stored record,
-    /// oldest first: the messages to schedule after a restart.
+    /// oldest first: the messages to schedule after a restart. Parts of messages
+    /// whose reception never finished are removed. Refuses a directory other
+    /// users can write to; tightens one they can read.
     pub fn open(opts: &Options) -> Result<(Journal, Vec<Record>), Error> {
-        std::fs::create_dir_all(&opts.dir)
-            .map_err(|e| Error::Storage(format!("create {}: {e}", opts.dir.display())))?;
+        secure_dir(&opts.dir)?;
         let file = opts.dir.join("journal.redb");
-        let db = Database::builder()
-            .set_cache_size(opts.cache_bytes)
-            .create(&file)?;
-        let db = Arc::new(db);
+        secure_file(&file)?;
+        let db = open_db(&file, opts.cache_bytes).map_err(read_error)?;
         ensure_tables(&db)?;
+        let unfinished = commit::drop_unfinished(&db).map_err(read_error)?;
+        if unfinished > 0 {
+            tracing::info!("removed {unfinished} partly received message(s) from the journal");
+        }
         let records = load_records(&db)?;
         let live: u64 = records.iter().map(|r| r.size).sum();
         let floor = records.last().map_or(0, |r| r.id.0);
+        let shared = Arc::new(Shared {
+            db: RwLock::new(Some(Arc::new(db))),
+            file,
+            cache_bytes: opts.cache_bytes,
+            broken: Mutex::new(None),
+            usable: watch::channel(true).0,
+            generation: AtomicU64::new(0),
+        });
         let (tx, rx) = mpsc::channel();
-        let writer_db = db.clone();
+        let writer_shared = shared.clone();
         let limits = opts.batch;
         let writer = std::thread::Builder::new()
             .name("journal-commit".into())
-            .spawn(move || commit::run(writer_db, rx, limits))
-            .map_err(|e| Error::Storage(format!("spawn writer: {e}")))?;
+            .spawn(move || commit::run(writer_shared, rx, limits))
+            .map_err(|source| Error::Setup {
+                what: "spawn the journal writer".into(),
+                source,
+            })?;
         let inner = Inner {
-            db,
+            shared,
             tx,
             writer: Mutex::new(Some(writer)),
             ids: IdGenerator::new(floor),
             live_bytes: AtomicU64::new(live),
             max_bytes: opts.max_bytes,
-            file,
-            healthy: AtomicBool::new(true),
+            min_free_bytes: opts.min_free_bytes,
+            dir: opts.dir.clone(),
         };
         Ok((
             Journal {
@@ -146,19 +267,22 @@ impl Journal {
     /// Stores a new message durably. Returns only after the commit holding it is
     /// on disk; on any error nothing was stored and the client must not get 250.
     pub async fn enqueue(&self, record: &Record, body: Vec<u8>) -> Result<(), Error> {
-        let size = body.len() as u64;
-        self.reserve(size)?;
-        let result = self
-            .submit(OpKind::Insert {
-                id: record.id.0,
-                meta: record.encode(),
-                body,
-            })
-            .await;
-        if result.is_err() {
-            self.inner.live_bytes.fetch_sub(size, Ordering::Relaxed);
+        let mut spool = self.spool(record.id);
+        spool.buf().extend_from_slice(&body);
+        spool.commit(record).await
+    }
+
+    /// A spool for message `id`: its bytes are written as they arrive.
+    pub fn spool(&self, id: QueueId) -> Spool {
+        Spool {
+            journal: self.clone(),
+            id,
+            buf: Vec::new(),
+            staged_parts: 0,
+            staged_generation: None,
+            reserved: 0,
+            committed: false,
         }
-        result
     }
 
     /// Saves new metadata (recipient states, schedule, hold) for a stored message.
@@ -177,9 +301,7 @@ impl Journal {
             parts: parts(record.size),
         })
         .await?;
-        self.inner
-            .live_bytes
-            .fetch_sub(record.size, Ordering::Relaxed);
+        self.release(record.size);
         Ok(())
     }
 
@@ -190,34 +312,67 @@ impl Journal {
 
     /// A stored setting, `None` if never set.
     pub fn setting(&self, key: &str) -> Result<Option<u64>, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let table = txn.open_table(SETTINGS)?;
-        Ok(table.get(key)?.map(|v| v.value()))
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(SETTINGS).map_err(read_error)?;
+        Ok(table.get(key).map_err(read_error)?.map(|v| v.value()))
     }
 
     /// The stored bytes of a message, `None` if it is not in the journal.
+    /// Holds the whole message in memory: delivery streams it with
+    /// [`Journal::read_parts`] instead.
     pub fn body(&self, id: QueueId) -> Result<Option<Vec<u8>>, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let table = txn.open_table(BODIES)?;
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(BODIES).map_err(read_error)?;
         let mut body = Vec::new();
         let mut found = false;
-        for part in table.range((id.0, 0)..=(id.0, u32::MAX))? {
-            body.extend_from_slice(part?.1.value());
+        for part in table
+            .range((id.0, 0)..=(id.0, u32::MAX))
+            .map_err(read_error)?
+        {
+            body.extend_from_slice(part.map_err(read_error)?.1.value());
             found = true;
         }
         Ok(found.then_some(body))
     }
 
+    /// Up to `max` parts of message `id` from part `first` on, concatenated
+    /// (empty past the end). Blocking: call from a blocking task.
+    pub fn parts(&self, id: QueueId, first: u32, max: u32) -> Result<Vec<u8>, Error> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(BODIES).map_err(read_error)?;
+        let mut out = Vec::with_capacity(max as usize * PART);
+        let last = first.saturating_add(max.saturating_sub(1));
+        for part in table
+            .range((id.0, first)..=(id.0, last))
+            .map_err(read_error)?
+        {
+            out.extend_from_slice(part.map_err(read_error)?.1.value());
+        }
+        Ok(out)
+    }
+
+    /// [`Journal::parts`] on a blocking thread.
+    pub async fn read_parts(&self, id: QueueId, first: u32, max: u32) -> Result<Vec<u8>, Error> {
+        let j = self.clone();
+        tokio::task::spawn_blocking(move || j.parts(id, first, max))
+            .await
+            .map_err(|_| Error::Closed)?
+    }
+
     /// The stored record of a message, `None` if it is not in the journal.
     pub fn record(&self, id: QueueId) -> Result<Option<Record>, Error> {
-        let txn = self.inner.db.begin_read()?;
-        let table = txn.open_table(META)?;
-        let Some(v) = table.get(id.0)? else {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(META).map_err(read_error)?;
+        let Some(v) = table.get(id.0).map_err(read_error)? else {
             return Ok(None);
         };
         Record::decode(v.value())
             .map(Some)
-            .map_err(|e| Error::Storage(format!("record {id}: {e}")))
+            .map_err(|source| Error::Unreadable { id, source })
     }
 
     /// Message bytes currently held (what `journal.max_bytes` limits).
@@ -227,12 +382,53 @@ impl Journal {
 
     /// Size of the journal file on disk.
     pub fn file_bytes(&self) -> u64 {
-        std::fs::metadata(&self.inner.file).map_or(0, |m| m.len())
+        std::fs::metadata(&self.inner.shared.file).map_or(0, |m| m.len())
     }
 
-    /// Cheap health probe for readiness: false after the last commit failed.
+    /// Free bytes on the journal's file system (for unprivileged users), if known.
+    pub fn free_bytes(&self) -> Option<u64> {
+        free_bytes(&self.inner.dir)
+    }
+
+    /// May a message of `incoming` bytes (0 if unknown) be accepted? Refused
+    /// while the file system is below `journal.min_free_bytes`, or the journal
+    /// would pass `journal.max_bytes`. Cheap: one `statvfs`.
+    pub fn check_space(&self, incoming: u64) -> Result<(), Error> {
+        let min = self.inner.min_free_bytes;
+        if min > 0
+            && let Some(free) = self.free_bytes()
+            && free < min.saturating_add(incoming)
+        {
+            return Err(Error::LowSpace { free, min });
+        }
+        let (used, max) = (self.live_bytes(), self.inner.max_bytes);
+        if used.saturating_add(incoming) > max {
+            return Err(Error::Full { used, max });
+        }
+        Ok(())
+    }
+
+    /// Cheap health probe: false while the database is closed after a storage
+    /// error (it is being reopened).
     pub fn is_healthy(&self) -> bool {
-        self.inner.healthy.load(Ordering::Relaxed)
+        *self.inner.shared.usable.borrow()
+    }
+
+    /// Announces every change of [`Journal::is_healthy`].
+    pub fn watch_health(&self) -> watch::Receiver<bool> {
+        self.inner.shared.usable.subscribe()
+    }
+
+    /// Why the relay should not get new mail now, if it should not: the journal
+    /// is reopening after a storage error, or the disk is low on space.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.is_healthy() {
+            return Err(self.inner.shared.unavailable().to_string());
+        }
+        match self.check_space(0) {
+            Err(e) => Err(format!("{e}; new mail gets 452 4.3.1")),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Finishes queued commits and stops the writer. Later changes fail with
@@ -249,10 +445,14 @@ impl Journal {
         let max = self.inner.max_bytes;
         let prev = self.inner.live_bytes.fetch_add(size, Ordering::Relaxed);
         if prev + size > max {
-            self.inner.live_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.release(size);
             return Err(Error::Full { used: prev, max });
         }
         Ok(())
+    }
+
+    fn release(&self, size: u64) {
+        self.inner.live_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
     async fn submit(&self, kind: OpKind) -> Result<(), Error> {
@@ -261,27 +461,215 @@ impl Journal {
             .tx
             .send(Op { kind, done })
             .map_err(|_| Error::Closed)?;
-        let result = rx.await.map_err(|_| Error::Closed)?;
-        self.inner.healthy.store(result.is_ok(), Ordering::Relaxed);
-        result.map_err(Error::Storage)
+        rx.await.map_err(|_| Error::Closed)?.map_err(Error::Commit)
+    }
+
+    /// Sends an op nobody waits for (a discard from a destructor).
+    fn submit_detached(&self, kind: OpKind) {
+        let (done, _) = oneshot::channel();
+        let _ = self.inner.tx.send(Op { kind, done });
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.shared.generation.load(Ordering::Acquire)
     }
 }
 
+/// A message being written while it arrives. Append to [`Spool::buf`]; call
+/// [`Spool::flush`] when [`Spool::needs_flush`] says so (it stages whole parts,
+/// so at most [`STAGE_BYTES`] stay in memory) and [`Spool::commit`] at the end.
+/// Dropped without a commit, it removes what it staged.
+pub struct Spool {
+    journal: Journal,
+    id: QueueId,
+    buf: Vec<u8>,
+    staged_parts: u32,
+    staged_generation: Option<u64>,
+    reserved: u64,
+    committed: bool,
+}
+
+impl Spool {
+    /// The queue id the message will have.
+    pub fn id(&self) -> QueueId {
+        self.id
+    }
+
+    /// The bytes not yet staged; append the message here.
+    pub fn buf(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+
+    /// Bytes of the message so far.
+    pub fn len(&self) -> u64 {
+        u64::from(self.staged_parts) * PART as u64 + self.buf.len() as u64
+    }
+
+    /// True before any byte was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once enough is buffered to stage.
+    pub fn needs_flush(&self) -> bool {
+        self.buf.len() >= STAGE_BYTES
+    }
+
+    /// Writes the whole parts buffered so far (not durably: nothing is
+    /// acknowledged until [`Spool::commit`]). Fails with [`Error::Full`] when
+    /// they do not fit `journal.max_bytes`.
+    pub async fn flush(&mut self) -> Result<(), Error> {
+        let whole = self.buf.len() / PART * PART;
+        if whole == 0 {
+            return Ok(());
+        }
+        self.journal.reserve(whole as u64)?;
+        self.reserved += whole as u64;
+        let rest = self.buf.split_off(whole);
+        let data = std::mem::replace(&mut self.buf, rest);
+        if self.staged_generation.is_none() {
+            self.staged_generation = Some(self.journal.generation());
+        }
+        let first_part = self.staged_parts;
+        self.staged_parts += (whole / PART) as u32;
+        self.journal
+            .submit(OpKind::Stage {
+                id: self.id.0,
+                first_part,
+                data,
+            })
+            .await
+    }
+
+    /// Stores the rest of the message with its `record` durably. Returns only
+    /// once the commit is on disk; on error nothing is stored (what was staged
+    /// is removed) and the client must not get 250.
+    pub async fn commit(mut self, record: &Record) -> Result<(), Error> {
+        let rest = self.buf.len() as u64;
+        self.journal.reserve(rest)?;
+        self.reserved += rest;
+        let result = self
+            .journal
+            .submit(OpKind::Insert {
+                id: self.id.0,
+                meta: record.encode(),
+                body: std::mem::take(&mut self.buf),
+                first_part: self.staged_parts,
+                staged: self.staged_generation,
+            })
+            .await;
+        self.committed = result.is_ok();
+        result
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        if self.committed {
+            return;
+        }
+        self.journal.release(self.reserved);
+        if self.staged_parts > 0 {
+            self.journal.submit_detached(OpKind::Discard {
+                id: self.id.0,
+                parts: self.staged_parts,
+            });
+        }
+    }
+}
+
+impl std::fmt::Debug for Spool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spool")
+            .field("id", &self.id)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// Creates `dir` (0700 whatever the umask), refuses it when other users may
+/// write to it, and takes away their read access if they have it.
+fn secure_dir(dir: &Path) -> Result<(), Error> {
+    let setup = |what: &str, source| Error::Setup {
+        what: format!("{what} {}", dir.display()),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| setup("create journal.path", e))?;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| setup("inspect journal.path", e))?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(Error::Insecure {
+            path: dir.to_owned(),
+            mode,
+        });
+    }
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "journal.path {} was readable by other users (mode {mode:o}); changed to 700",
+            dir.display()
+        );
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| setup("chmod 700 journal.path", e))?;
+    }
+    Ok(())
+}
+
+/// Creates the journal file 0600 (or makes an existing one 0600).
+fn secure_file(file: &Path) -> Result<(), Error> {
+    let setup = |what: &str, source| Error::Setup {
+        what: format!("{what} {}", file.display()),
+        source,
+    };
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(file)
+        .map_err(|e| setup("create", e))?;
+    std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| setup("chmod 600", e))
+}
+
+/// Free bytes for unprivileged users on the file system holding `dir`.
+#[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a valid NUL-terminated string and `st` points to writable
+    // memory of the right size; statvfs only writes into it.
+    let rc = unsafe { libc::statvfs(path.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: statvfs returned 0, so it filled the whole struct.
+    let st = unsafe { st.assume_init() };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 fn ensure_tables(db: &Database) -> Result<(), Error> {
-    let txn = db.begin_write()?;
-    txn.open_table(META)?;
-    txn.open_table(BODIES)?;
-    txn.open_table(SETTINGS)?;
-    txn.commit()?;
+    let txn = db.begin_write().map_err(read_error)?;
+    txn.open_table(META).map_err(read_error)?;
+    txn.open_table(BODIES).map_err(read_error)?;
+    txn.open_table(SETTINGS).map_err(read_error)?;
+    txn.open_table(STAGING).map_err(read_error)?;
+    txn.commit().map_err(read_error)?;
     Ok(())
 }
 
 fn load_records(db: &Database) -> Result<Vec<Record>, Error> {
-    let txn = db.begin_read()?;
-    let table = txn.open_table(META)?;
+    let txn = db.begin_read().map_err(read_error)?;
+    let table = txn.open_table(META).map_err(read_error)?;
     let mut records = Vec::new();
-    for entry in table.iter()? {
-        let (k, v) = entry?;
+    for entry in table.iter().map_err(read_error)? {
+        let (k, v) = entry.map_err(read_error)?;
         match Record::decode(v.value()) {
             Ok(r) => records.push(r),
             // Keep the bytes where they are: an operator can inspect them; we never
@@ -296,7 +684,7 @@ fn load_records(db: &Database) -> Result<Vec<Record>, Error> {
 
 /// How many parts a body of `size` bytes is stored in (at least one, so an empty
 /// body still exists).
-fn parts(size: u64) -> u32 {
+pub fn parts(size: u64) -> u32 {
     (size as usize).div_ceil(PART).max(1) as u32
 }
 
@@ -315,113 +703,10 @@ pub fn now_ms() -> u64 {
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Journal")
-            .field("file", &self.inner.file)
+            .field("file", &self.inner.shared.file)
             .finish()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(j: &Journal, size: usize) -> Record {
-        Record {
-            id: j.next_id(),
-            envelope: Envelope {
-                mail_from: "s@client.test".into(),
-                params: MailParams::default(),
-                client_ip: "127.0.0.1".parse().unwrap(),
-                helo: "client.test".into(),
-                tls: false,
-                arrived_ms: now_ms(),
-            },
-            rcpts: vec![Recipient {
-                address: "a@example.com".into(),
-                orcpt: None,
-                notify: 0,
-                state: RcptState::Pending,
-                dsn_sent: false,
-            }],
-            size: size as u64,
-            attempts: 0,
-            next_attempt_ms: 0,
-            held: false,
-            bounce: false,
-            delay_warned: false,
-        }
-    }
-
-    fn body(size: usize) -> Vec<u8> {
-        (0..size).map(|i| (i % 251) as u8).collect()
-    }
-
-    #[tokio::test]
-    async fn bodies_roundtrip_across_part_boundaries_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let opts = Options::new(dir.path(), 1 << 30);
-        let (j, recovered) = Journal::open(&opts).unwrap();
-        assert!(recovered.is_empty());
-        let sizes = [0, 1, PART - 1, PART, PART + 1, 3 * PART, 10_600];
-        let mut records = Vec::new();
-        for size in sizes {
-            let r = record(&j, size);
-            j.enqueue(&r, body(size)).await.unwrap();
-            assert_eq!(j.body(r.id).unwrap().unwrap(), body(size), "size {size}");
-            records.push(r);
-        }
-        j.remove(&records[2]).await.unwrap();
-        assert_eq!(j.body(records[2].id).unwrap(), None);
-        assert_eq!(
-            j.body(records[3].id).unwrap().unwrap(),
-            body(PART),
-            "neighbour intact"
-        );
-        let mut changed = records[4].clone();
-        changed.attempts = 3;
-        j.save(&changed).await.unwrap();
-        j.close().await;
-        drop(j);
-
-        let (j, recovered) = Journal::open(&opts).unwrap();
-        assert_eq!(recovered.len(), sizes.len() - 1);
-        assert!(
-            recovered.windows(2).all(|w| w[0].id < w[1].id),
-            "oldest first"
-        );
-        assert_eq!(
-            recovered
-                .iter()
-                .find(|r| r.id == changed.id)
-                .unwrap()
-                .attempts,
-            3
-        );
-        for r in &recovered {
-            assert_eq!(j.body(r.id).unwrap().unwrap(), body(r.size as usize));
-        }
-        assert!(
-            j.next_id() > recovered.last().unwrap().id,
-            "ids stay unique across restarts"
-        );
-        j.close().await;
-    }
-
-    #[tokio::test]
-    async fn full_journal_refuses_and_frees_space_on_remove() {
-        let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(&Options::new(dir.path(), 10_000)).unwrap();
-        let a = record(&j, 6_000);
-        j.enqueue(&a, body(6_000)).await.unwrap();
-        let b = record(&j, 6_000);
-        assert!(matches!(
-            j.enqueue(&b, body(6_000)).await,
-            Err(Error::Full { .. })
-        ));
-        assert_eq!(j.body(b.id).unwrap(), None, "nothing stored on refusal");
-        j.remove(&a).await.unwrap();
-        j.enqueue(&b, body(6_000)).await.unwrap();
-        assert_eq!(j.live_bytes(), 6_000);
-        j.close().await;
-        assert!(matches!(j.save(&b).await, Err(Error::Closed)));
-    }
-}
+mod tests;

@@ -66,10 +66,43 @@ pub struct Envelope {
     pub client_ip: IpAddr,
     /// The name the client gave in EHLO/HELO.
     pub helo: String,
-    /// True if the session was under TLS.
-    pub tls: bool,
+    /// The inbound session's TLS, if it used STARTTLS.
+    #[serde(
+        default,
+        deserialize_with = "tls_compat",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tls: Option<TlsInfo>,
     /// Arrival time, milliseconds since the Unix epoch.
     pub arrived_ms: u64,
+}
+
+/// The TLS of an inbound session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// Protocol version, e.g. `TLSv1.3`.
+    pub version: String,
+    /// Cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// Reads `tls` as written by this release (an object or absent) or by earlier
+/// ones (a boolean, always false: they had no inbound TLS).
+fn tls_compat<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<TlsInfo>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Flag(bool),
+        Info(TlsInfo),
+    }
+    Ok(match Option::<Stored>::deserialize(d)? {
+        None | Some(Stored::Flag(false)) => None,
+        Some(Stored::Flag(true)) => Some(TlsInfo {
+            version: "unknown".into(),
+            cipher: "unknown".into(),
+        }),
+        Some(Stored::Info(i)) => Some(i),
+    })
 }
 
 /// MAIL FROM parameters (RFC 1652, 1870, 3461, 6531).
@@ -238,7 +271,10 @@ mod tests {
                 },
                 client_ip: "127.0.0.1".parse().unwrap(),
                 helo: "c".into(),
-                tls: false,
+                tls: Some(TlsInfo {
+                    version: "TLSv1.3".into(),
+                    cipher: "TLS13_AES_128_GCM_SHA256".into(),
+                }),
                 arrived_ms: 7,
             },
             rcpts: vec![Recipient {
@@ -259,5 +295,14 @@ mod tests {
             delay_warned: false,
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
+    }
+
+    /// A record written by the previous release (`"tls": false`) still reads.
+    #[test]
+    fn record_from_the_previous_release() {
+        let old = br#"{"id":1,"envelope":{"mail_from":"a@b","params":{},"client_ip":"127.0.0.1","helo":"c","tls":false,"arrived_ms":7},"rcpts":[{"address":"x@example.com","state":{"state":"pending"}}],"size":10,"attempts":0,"next_attempt_ms":0}"#;
+        let r = Record::decode(old).unwrap();
+        assert_eq!(r.envelope.tls, None);
+        assert_eq!(r.rcpts[0].state, RcptState::Pending);
     }
 }

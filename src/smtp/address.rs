@@ -27,7 +27,7 @@ pub fn check_recipient(
         return Err(Reply::BAD_RECIPIENT);
     };
     if local.is_empty() || domain.is_empty() {
-        return Err(Reply::BAD_RECIPIENT);
+        return Err(Reply::BAD_RECIPIENT_ADDRESS);
     }
     if local.contains(['@', '%', '!']) {
         return Err(Reply::ROUTING_DENIED);
@@ -36,6 +36,16 @@ pub fn check_recipient(
         return Err(Reply::RELAY_DENIED);
     }
     Ok(address.to_owned())
+}
+
+/// True unless a non-null reverse path has an `@` with nothing on one side of
+/// it (`<a@>`, `<@b.test>`): a DSN could never reach it. A bare local part is
+/// accepted, as Postfix does.
+pub fn is_valid_sender(address: &str) -> bool {
+    match address.rsplit_once('@') {
+        None => true,
+        Some((local, domain)) => !local.is_empty() && !domain.is_empty(),
+    }
 }
 
 /// True if the path in a `RCPT TO:` line ends in an address literal (`@[...]>`).
@@ -103,6 +113,8 @@ mod tests {
                 Err(550),
             ),
             ("a@[127.0.0.1]", "RCPT TO:<a@[127.0.0.1]>", Err(550)),
+            ("a@", "RCPT TO:<a@>", Err(553)),
+            ("@example.com", "RCPT TO:<@example.com>", Err(550)),
             (
                 "ü@example.com",
                 "RCPT TO:<ü@example.com>",
@@ -112,5 +124,14 @@ mod tests {
         for (addr, raw, want) in cases {
             assert_eq!(&check(addr, raw), want, "{raw}");
         }
+    }
+
+    #[test]
+    fn senders() {
+        assert!(is_valid_sender(""));
+        assert!(is_valid_sender("a@b.test"));
+        assert!(is_valid_sender("postmaster"));
+        assert!(!is_valid_sender("a@"));
+        assert!(!is_valid_sender("@b.test"));
     }
 }

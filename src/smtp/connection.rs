@@ -1,74 +1,181 @@
-//! The per-connection I/O loop: read with a timeout (or stop on shutdown), feed
+//! The per-connection I/O loop: read with a deadline (or stop on shutdown), feed
 //! every complete command to the [`Session`], write the replies, flush when the
 //! input runs dry (so pipelined commands get their replies in one write).
 //!
+//! Every read and every write is bounded. Each record (a command line, a line of
+//! the message, or 64 KiB of it) must arrive within `smtp.idle_timeout`, the
+//! whole message within `smtp.data_timeout`, and each write must complete within
+//! `smtp.idle_timeout`: a client that sends a byte at a time, or pipelines and
+//! never reads, loses its slot (Postfix `smtpd_per_record_deadline`).
+//!
 //! Command lines are framed here (bounded length, and the raw line is kept for
 //! checks the parser normalises away) and parsed by smtp-proto's sans-IO
-//! `Request::parse`; message bodies go through its `DataReceiver` (dot-unstuffing,
-//! only CRLF.CRLF ends DATA) and `BdatReceiver`.
+//! `Request::parse`; message bodies go through our own receivers in
+//! [`super::data`] and are written to the journal in parts as they arrive
+//! ([`crate::journal::Spool`]), so a session holds at most a few tens of KiB.
 
+use super::data::{BdatReceiver, BodyCheck, DataReceiver};
 use super::reply::Reply;
 use super::session::{Next, Session};
-use crate::journal::{self, QueueId, Record};
+use crate::admin::metrics::Rejection;
+use crate::journal::{self, QueueId, Record, Spool, TlsInfo};
 use smtp_proto::Request;
-use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// Longest command line accepted (RFC 5321 says 512; extensions and SMTPUTF8
 /// addresses need more, so we allow what smtp-proto allows).
 const MAX_LINE: usize = 4096;
-/// Read granularity; the buffer grows only while a large body arrives.
+/// Read granularity; also what a session's input buffer holds at most (twice).
 const READ_CHUNK: usize = 16 * 1024;
+/// Inside a message, this many bytes without a line end count as one record.
+const DATA_RECORD: usize = 64 * 1024;
+/// Pending replies beyond this are written before more input is read, so a
+/// client that pipelines without reading meets the write deadline.
+const MAX_PENDING_OUTPUT: usize = 16 * 1024;
 
-/// Why reading stopped.
+/// Why the session ends.
 enum End {
-    /// The client closed the connection or the socket failed.
+    /// The client closed the connection, or the socket failed.
     Closed,
-    /// The client was silent for the idle timeout.
+    /// The client was silent for `smtp.idle_timeout`.
     Idle,
+    /// A command or message line took longer than `smtp.idle_timeout`.
+    LineTimeout,
+    /// The message took longer than `smtp.data_timeout`.
+    DataTimeout,
+    /// A write did not complete within `smtp.idle_timeout` (not reading).
+    WriteTimeout,
     /// The relay is shutting down.
     Shutdown,
 }
 
-struct Io {
-    stream: TcpStream,
+/// The client's connection, in clear text or after STARTTLS.
+pub enum Stream<S> {
+    /// Plain.
+    Plain(S),
+    /// Under TLS.
+    Tls(Box<tokio_rustls::server::TlsStream<S>>),
+    /// Between the two (during the handshake), or after a failed one.
+    Gone,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Stream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Stream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+struct Io<S> {
+    stream: Stream<S>,
     buf: Vec<u8>,
     pos: usize,
     out: Vec<u8>,
     idle: Duration,
+    /// The current record (command line, message line) must be complete by then.
+    record_deadline: Instant,
+    /// The current message must be complete by then.
+    data_deadline: Option<Instant>,
 }
 
-impl Io {
+impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
     async fn flush(&mut self) -> Result<(), End> {
-        if !self.out.is_empty() {
-            self.stream
-                .write_all(&self.out)
-                .await
-                .map_err(|_| End::Closed)?;
-            self.out.clear();
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let write = async {
+            self.stream.write_all(&self.out).await?;
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(self.idle, write).await {
+            Ok(Ok(())) => {
+                self.out.clear();
+                Ok(())
+            }
+            Ok(Err(_)) => Err(End::Closed),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    /// A new record starts now (a command line was complete, a message line ended).
+    fn start_record(&mut self) {
+        self.record_deadline = Instant::now() + self.idle;
+    }
+
+    /// The deadline for the next read, and what passing it means.
+    fn deadline(&self) -> (Instant, End) {
+        let partial = self.pos < self.buf.len();
+        let record = (
+            self.record_deadline,
+            if partial { End::LineTimeout } else { End::Idle },
+        );
+        match self.data_deadline {
+            Some(d) if d <= record.0 => (d, End::DataTimeout),
+            _ => record,
+        }
     }
 
     /// Reads more input after flushing pending replies. `shutdown` interrupts the
     /// wait only when given (between commands, not inside a message).
-    async fn fill(
-        &mut self,
-        shutdown: Option<&tokio_util::sync::CancellationToken>,
-    ) -> Result<(), End> {
+    async fn fill(&mut self, shutdown: Option<&CancellationToken>) -> Result<(), End> {
         self.flush().await?;
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
+        } else if self.pos > 0 {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
         }
         self.buf.reserve(READ_CHUNK);
+        let (deadline, late) = self.deadline();
         let read = async {
-            match tokio::time::timeout(self.idle, self.stream.read_buf(&mut self.buf)).await {
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => Err(End::Closed),
                 Ok(Ok(_)) => Ok(()),
-                Err(_) => Err(End::Idle),
+                Err(_) => Err(late),
             }
         };
         match shutdown {
@@ -82,59 +189,125 @@ impl Io {
 
     /// The next command line (with its line ending), or `Ok(None)` for a line
     /// that was too long (already skipped).
-    async fn read_line(&mut self, s: &Session) -> Result<Option<Vec<u8>>, End> {
+    async fn read_line(&mut self, shutdown: &CancellationToken) -> Result<Option<Vec<u8>>, End> {
         let mut skipping = false;
         loop {
             let avail = &self.buf[self.pos..];
-            if let Some(i) = memchr_lf(avail) {
+            if let Some(i) = avail.iter().position(|&b| b == b'\n') {
                 let too_long = skipping || i + 1 > MAX_LINE;
                 let line = (!too_long).then(|| avail[..=i].to_vec());
                 self.pos += i + 1;
+                self.start_record();
                 return Ok(line);
             }
             if avail.len() > MAX_LINE {
                 skipping = true;
                 self.pos = self.buf.len();
             }
-            self.fill(Some(&s.ctx.shutdown)).await?;
+            self.fill(Some(shutdown)).await?;
         }
     }
 
     fn reply(&mut self, r: &Reply) {
         r.write_to(&mut self.out);
     }
-}
 
-fn memchr_lf(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
+    /// Swaps the clear-text stream for TLS: the handshake must finish within
+    /// `smtp.idle_timeout`.
+    async fn start_tls(&mut self, tls: &super::tls::Tls) -> Result<TlsInfo, End> {
+        let Stream::Plain(plain) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(End::Closed);
+        };
+        match tokio::time::timeout(self.idle, tls.acceptor().accept(plain)).await {
+            Ok(Ok(stream)) => {
+                let info = super::tls::info(stream.get_ref().1);
+                self.stream = Stream::Tls(Box::new(stream));
+                Ok(info)
+            }
+            Ok(Err(e)) => {
+                tracing::info!("TLS handshake failed: {e}");
+                Err(End::Closed)
+            }
+            Err(_) => Err(End::LineTimeout),
+        }
+    }
 }
 
 /// Serves one client until it quits, times out, or the relay shuts down.
-pub async fn serve(mut session: Session, stream: TcpStream) {
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut session: Session, stream: S) {
+    let idle = session.ctx.idle_timeout;
     let mut io = Io {
-        stream,
+        stream: Stream::Plain(stream),
         buf: Vec::with_capacity(READ_CHUNK),
         pos: 0,
-        out: Vec::with_capacity(1024),
-        idle: session.ctx.idle_timeout,
+        out: Vec::with_capacity(512),
+        idle,
+        record_deadline: Instant::now() + idle,
+        data_deadline: None,
     };
+    match talks_first(&mut session, &mut io).await {
+        Ok(true) => {
+            session.pregreeted = true;
+            tracing::warn!(client = %session.client_ip, "pregreet: the client talked before the greeting");
+        }
+        Ok(false) => {}
+        Err(_) => return,
+    }
     io.reply(&session.greeting());
+    io.start_record();
     let end = command_loop(&mut session, &mut io).await;
     let last = match end {
-        End::Closed => return,
-        End::Idle => Reply::IDLE_TIMEOUT,
-        End::Shutdown => Reply::SHUTTING_DOWN,
+        End::Closed => None,
+        End::WriteTimeout => {
+            tracing::info!(client = %session.client_ip, "closed: the client does not read its replies");
+            session.ctx.metrics.reject(Rejection::Timeout);
+            None
+        }
+        End::Idle => Some(Reply::IDLE_TIMEOUT),
+        End::LineTimeout => Some(Reply::LINE_TIMEOUT),
+        End::DataTimeout => Some(Reply::DATA_TIMEOUT),
+        End::Shutdown => Some(Reply::SHUTTING_DOWN),
     };
-    io.reply(&last);
-    let _ = io.flush().await;
+    if let Some(last) = last {
+        if last.enhanced == "4.4.2" {
+            tracing::info!(client = %session.client_ip, "closed: {}", last.text);
+            session.ctx.metrics.reject(Rejection::Timeout);
+        }
+        io.reply(&last);
+        let _ = io.flush().await;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.stream.shutdown()).await;
 }
 
-async fn command_loop(s: &mut Session, io: &mut Io) -> End {
+/// Waits `smtp.greet_pause` (or just looks, when it is 0) for input before
+/// the greeting: a client that talks first is a pregreet offender. What it
+/// sent stays in the buffer as its first command.
+async fn talks_first<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Session,
+    io: &mut Io<S>,
+) -> Result<bool, End> {
+    let pause = s.ctx.config.smtp.greet_pause.0;
+    match tokio::time::timeout(pause, io.stream.read_buf(&mut io.buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Err(End::Closed),
+        Ok(Ok(_)) => Ok(true),
+        Err(_) => Ok(false),
+    }
+}
+
+async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &mut Io<S>) -> End {
     loop {
-        let line = match io.read_line(s).await {
+        if io.out.len() > MAX_PENDING_OUTPUT
+            && let Err(end) = io.flush().await
+        {
+            return end;
+        }
+        let shutdown = s.ctx.shutdown.clone();
+        let line = match io.read_line(&shutdown).await {
             Ok(Some(line)) => line,
             Ok(None) => {
-                io.reply(&Reply::LINE_TOO_LONG);
+                if let Some(end) = answer(s, io, Reply::LINE_TOO_LONG).await {
+                    return end;
+                }
                 continue;
             }
             Err(end) => return end,
@@ -142,175 +315,367 @@ async fn command_loop(s: &mut Session, io: &mut Io) -> End {
         if s.ctx.shutdown.is_cancelled() {
             return End::Shutdown;
         }
-        let next = match Request::parse(&mut line.iter()) {
-            Ok(req) => s.on_request(req, &line),
-            Err(e) => Next::Reply(s.on_parse_error(&e, &line)),
-        };
-        let result = match next {
-            Next::Reply(r) => {
-                io.reply(&r);
-                Ok(())
-            }
+        if s.pregreeted {
+            s.ctx.metrics.reject(Rejection::Pregreet);
+            io.reply(&Reply::PREGREET);
+            let _ = io.flush().await;
+            return End::Closed;
+        }
+        let next = s.on_command(&line, Request::parse(&mut line.iter()));
+        let reply = match next {
+            Next::Reply(r) => r,
             Next::Raw(bytes) => {
                 io.out.extend_from_slice(&bytes);
-                Ok(())
+                continue;
             }
             Next::Close(r) => {
                 io.reply(&r);
                 let _ = io.flush().await;
                 return End::Closed;
             }
-            Next::StartData => receive_data(s, io).await,
-            Next::Bdat { size, last } => receive_bdat(s, io, size, last).await,
+            Next::Verify(rcpt) => {
+                let known = s.ctx.recipients.is_known(&rcpt.address).await;
+                s.add_recipient(rcpt, known)
+            }
+            Next::StartTls => match start_tls(s, io).await {
+                Ok(()) => continue,
+                Err(end) => return end,
+            },
+            Next::StartData => match receive_data(s, io).await {
+                Ok(r) => r,
+                Err(end) => return end,
+            },
+            Next::Bdat { size, last } => match receive_bdat(s, io, size, last).await {
+                Ok(Some(r)) => r,
+                Ok(None) => continue,
+                Err(end) => return end,
+            },
         };
-        if let Err(end) = result {
+        if let Some(end) = answer(s, io, reply).await {
             return end;
         }
     }
 }
 
-/// A message body being received: our `Received:` header, then the client's bytes.
-#[derive(Debug)]
-pub struct Body {
-    id: QueueId,
-    bytes: Vec<u8>,
-    header_len: usize,
-    too_big: bool,
-    max: u64,
+/// Queues `reply`, counts it (rejection metrics, `smtp.max_errors`), and ends
+/// the session if the error limit is reached.
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Session,
+    io: &mut Io<S>,
+    reply: Reply,
+) -> Option<End> {
+    if let Some(why) = rejection_of(&reply) {
+        s.ctx.metrics.reject(why);
+    }
+    io.reply(&reply);
+    if reply == Reply::CHUNK_TOO_BIG {
+        let _ = io.flush().await;
+        return Some(End::Closed);
+    }
+    if s.count_error(&reply) {
+        tracing::warn!(client = %s.client_ip, errors = s.errors, "closed: smtp.max_errors reached");
+        s.ctx.metrics.reject(Rejection::Errors);
+        io.reply(&Reply::TOO_MANY_ERRORS);
+        let _ = io.flush().await;
+        return Some(End::Closed);
+    }
+    None
 }
 
-impl Body {
-    fn start(s: &mut Session) -> Body {
-        let id = s.ctx.journal.next_id();
-        let tx = s.tx.as_ref().expect("body only inside a transaction");
-        let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str());
-        let protocol = match (s.esmtp, tx.params.smtputf8) {
-            (_, true) => "UTF8SMTP",
-            (true, false) => "ESMTP",
-            (false, false) => "SMTP",
+/// Which `breakwater_smtp_rejections_total{reason}` a reply counts under.
+fn rejection_of(r: &Reply) -> Option<Rejection> {
+    let is = |c: &Reply| r == c;
+    Some(if is(&Reply::RELAY_DENIED) || is(&Reply::ROUTING_DENIED) {
+        Rejection::RelayDenied
+    } else if is(&Reply::UNKNOWN_USER) {
+        Rejection::UnknownUser
+    } else if is(&Reply::SIZE_EXCEEDED) || is(&Reply::CHUNK_TOO_BIG) {
+        Rejection::Size
+    } else if is(&Reply::STORAGE_FULL) || is(&Reply::STORAGE_ERROR) {
+        Rejection::Storage
+    } else if is(&Reply::BARE_LINE_ENDING) || is(&Reply::NUL_IN_MESSAGE) {
+        Rejection::Smuggling
+    } else if is(&Reply::MAIL_LOOP) {
+        Rejection::Loop
+    } else if is(&Reply::TLS_NOT_AVAILABLE) {
+        Rejection::Tls
+    } else {
+        return None;
+    })
+}
+
+async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Session,
+    io: &mut Io<S>,
+) -> Result<(), End> {
+    let Some(tls) = s.ctx.tls.clone() else {
+        io.reply(&Reply::TLS_NOT_AVAILABLE);
+        return Ok(());
+    };
+    io.reply(&Reply::READY_TLS);
+    io.flush().await?;
+    // Whatever was pipelined behind STARTTLS came in clear text: it is dropped,
+    // never executed inside TLS (RFC 3207 4.2, CVE-2011-0411).
+    let pipelined = io.buf.len() - io.pos;
+    if pipelined > 0 {
+        tracing::warn!(client = %s.client_ip, "{pipelined} bytes sent after STARTTLS before the handshake: discarded");
+    }
+    io.buf.clear();
+    io.pos = 0;
+    match io.start_tls(&tls).await {
+        Ok(info) => {
+            s.ctx
+                .metrics
+                .tls_sessions
+                .with_label_values(&[&info.version])
+                .inc();
+            s.start_over_with_tls(info);
+            io.start_record();
+            Ok(())
+        }
+        Err(end) => {
+            s.ctx.metrics.reject(Rejection::Tls);
+            Err(end)
+        }
+    }
+}
+
+/// A message being received: our `Received:` header, then the client's bytes,
+/// written to the journal as they arrive; or, once refused, nothing more.
+#[derive(Debug)]
+pub struct Incoming {
+    id: QueueId,
+    /// Where the message goes; `None` once it is refused.
+    spool: Option<Spool>,
+    /// Why it will be refused at its end, if it will.
+    refused: Option<Reply>,
+    check: BodyCheck,
+    /// Bytes from the client (without our header): what `smtp.max_message_size` limits.
+    client_bytes: u64,
+    max: u64,
+    /// Where the bytes of a refused message go to be forgotten.
+    scratch: Vec<u8>,
+    /// When the whole message must have arrived (`smtp.data_timeout`).
+    deadline: Instant,
+}
+
+impl Incoming {
+    fn start(s: &Session) -> Incoming {
+        let Some(tx) = s.tx.as_ref() else {
+            return Incoming::discard(s);
         };
+        let mut spool = s.ctx.journal.spool(s.ctx.journal.next_id());
+        let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str());
+        let protocol = super::received::protocol(s.esmtp, tx.params.smtputf8, s.tls.is_some());
         let header = super::received::header(
             s.helo.as_deref().unwrap_or("unknown"),
             s.client_ip,
             &s.ctx.hostname,
             protocol,
-            id,
+            s.tls.as_ref(),
+            spool.id(),
             single,
             chrono::Utc::now(),
         );
-        let mut bytes =
-            Vec::with_capacity(header.len() + tx.params.size.min(1 << 20) as usize + 4096);
-        bytes.extend_from_slice(&header);
-        Body {
-            id,
-            header_len: header.len(),
-            bytes,
-            too_big: false,
+        spool.buf().extend_from_slice(&header);
+        Incoming {
+            id: spool.id(),
+            spool: Some(spool),
+            refused: None,
+            check: BodyCheck::new(),
+            client_bytes: 0,
             max: s.ctx.max_message_size,
+            scratch: Vec::new(),
+            deadline: Instant::now() + s.ctx.config.smtp.data_timeout.0,
         }
     }
 
-    /// Called after bytes were appended: past the size limit, stop keeping them.
-    fn check_size(&mut self) {
-        if (self.bytes.len() - self.header_len) as u64 > self.max {
-            self.too_big = true;
-            self.bytes.truncate(self.header_len);
+    /// A chunk that belongs to no valid transaction: read and forgotten.
+    fn discard(s: &Session) -> Incoming {
+        Incoming {
+            id: QueueId(0),
+            spool: None,
+            refused: Some(Reply::BAD_SEQUENCE),
+            check: BodyCheck::new(),
+            client_bytes: 0,
+            max: 0,
+            scratch: Vec::new(),
+            deadline: Instant::now() + s.ctx.config.smtp.data_timeout.0,
+        }
+    }
+
+    /// Where the receiver appends the next bytes.
+    fn sink(&mut self) -> &mut Vec<u8> {
+        match &mut self.spool {
+            Some(spool) => spool.buf(),
+            None => {
+                self.scratch.clear();
+                &mut self.scratch
+            }
+        }
+    }
+
+    /// Looks at what the receiver appended since `mark` (the sink's length
+    /// before): checks, size limit.
+    fn took(&mut self, mark: usize) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        let new = &spool.buf()[mark..];
+        self.check.feed(new);
+        self.client_bytes += new.len() as u64;
+        if self.client_bytes > self.max {
+            self.refuse(Reply::SIZE_EXCEEDED);
+        }
+    }
+
+    fn mark(&mut self) -> usize {
+        self.sink().len()
+    }
+
+    /// Refuses the message: what was written is dropped, the rest is not kept.
+    fn refuse(&mut self, reply: Reply) {
+        self.refused.get_or_insert(reply);
+        self.spool = None;
+    }
+
+    /// Stages what is buffered once there is enough of it.
+    async fn stage(&mut self) {
+        let Some(spool) = &mut self.spool else {
+            return;
+        };
+        if !spool.needs_flush() {
+            return;
+        }
+        if let Err(e) = spool.flush().await {
+            tracing::warn!("{} journal refused part of the message: {e}", self.id);
+            self.refuse(if e.is_full() {
+                Reply::STORAGE_FULL
+            } else {
+                Reply::STORAGE_ERROR
+            });
         }
     }
 }
 
-async fn receive_data(s: &mut Session, io: &mut Io) -> Result<(), End> {
+/// Feeds what is buffered to `feed` (a receiver) into the message, watching
+/// the deadlines, until the receiver says the body (or chunk) is complete.
+async fn receive<S, F>(io: &mut Io<S>, msg: &mut Incoming, mut feed: F) -> Result<(), End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut(&[u8], &mut Vec<u8>) -> (usize, bool),
+{
+    io.data_deadline = Some(msg.deadline);
+    let mut since_record = 0usize;
+    loop {
+        let mark = msg.mark();
+        let (n, done) = feed(&io.buf[io.pos..], msg.sink());
+        msg.took(mark);
+        let taken = &io.buf[io.pos..io.pos + n];
+        since_record += n;
+        if since_record >= DATA_RECORD || taken.contains(&b'\n') {
+            io.start_record();
+            since_record = 0;
+        }
+        io.pos += n;
+        msg.stage().await;
+        if done {
+            io.data_deadline = None;
+            return Ok(());
+        }
+        io.fill(None).await?;
+    }
+}
+
+async fn receive_data<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Session,
+    io: &mut Io<S>,
+) -> Result<Reply, End> {
     io.reply(&Reply::START_DATA);
-    let mut body = Body::start(s);
+    let mut msg = Incoming::start(s);
     let mut rx = DataReceiver::new();
-    // The receiver only recognises a dot at the start of a line after it has seen
-    // a CRLF; the first line of DATA follows the command's CRLF, so prime it.
-    rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
-    loop {
-        let mut it = io.buf[io.pos..].iter();
-        let done = rx.ingest(&mut it, &mut body.bytes);
-        io.pos = io.buf.len() - it.as_slice().len();
-        body.check_size();
-        if done {
-            break;
-        }
-        io.fill(None).await?;
-    }
-    let reply = finish_message(s, body).await;
-    io.reply(&reply);
-    Ok(())
+    receive(io, &mut msg, |input, out| {
+        let n = rx.feed(input, out);
+        (n, rx.is_done())
+    })
+    .await?;
+    Ok(finish_message(s, msg).await)
 }
 
-async fn receive_bdat(s: &mut Session, io: &mut Io, size: usize, last: bool) -> Result<(), End> {
+/// Receives one BDAT chunk; `Ok(None)` when a non-last chunk was kept (its
+/// `250` is already queued).
+async fn receive_bdat<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut Session,
+    io: &mut Io<S>,
+    size: u64,
+    last: bool,
+) -> Result<Option<Reply>, End> {
+    if size > s.ctx.max_message_size {
+        // Its bytes follow and cannot be skipped in any reasonable time.
+        s.tx = None;
+        return Ok(Some(Reply::CHUNK_TOO_BIG));
+    }
     let allowed = s.bdat_allowed();
-    let mut rx = BdatReceiver::new(size, last);
-    let mut body = match s.tx.as_mut().and_then(|tx| tx.body.take()) {
+    let mut msg = match s.tx.as_mut().and_then(|tx| tx.body.take()) {
         Some(b) => b,
-        None if allowed => Body::start(s),
-        None => Body::discard(),
+        None if allowed => Incoming::start(s),
+        None => Incoming::discard(s),
     };
-    loop {
-        let mut it = io.buf[io.pos..].iter();
-        let done = rx.ingest(&mut it, &mut body.bytes);
-        io.pos = io.buf.len() - it.as_slice().len();
-        body.check_size();
-        if done {
-            break;
-        }
-        io.fill(None).await?;
-    }
+    let mut rx = BdatReceiver::new(size);
+    receive(io, &mut msg, |input, out| {
+        let n = rx.feed(input, Some(out));
+        (n, rx.is_done())
+    })
+    .await?;
     if !allowed {
-        io.reply(&s.bdat_refusal());
-        return Ok(());
+        return Ok(Some(s.bdat_refusal()));
     }
-    if body.too_big {
+    if msg.refused.as_ref() == Some(&Reply::SIZE_EXCEEDED) {
         // RFC 3030: refuse the chunk that overflows; the transaction is over.
         s.tx = None;
-        io.reply(&Reply::SIZE_EXCEEDED);
-        return Ok(());
+        return Ok(Some(Reply::SIZE_EXCEEDED));
     }
     if !last {
-        io.reply(&Reply::CHUNK_OK);
         if let Some(tx) = s.tx.as_mut() {
-            tx.body = Some(body);
+            tx.body = Some(msg);
         }
-        return Ok(());
+        io.reply(&Reply::CHUNK_OK);
+        return Ok(None);
     }
-    let reply = finish_message(s, body).await;
-    io.reply(&reply);
-    Ok(())
-}
-
-impl Body {
-    fn discard() -> Body {
-        Body {
-            id: QueueId(0),
-            bytes: Vec::new(),
-            header_len: 0,
-            too_big: true,
-            max: 0,
-        }
-    }
+    Ok(Some(finish_message(s, msg).await))
 }
 
 /// Ends the transaction: checks the message, journals it, and answers. `250` is
 /// written only when the journal commit holding the message is durable.
-async fn finish_message(s: &mut Session, body: Body) -> Reply {
+async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
     let Some(tx) = s.tx.take() else {
         return Reply::BAD_SEQUENCE;
     };
-    if body.too_big {
-        return Reply::SIZE_EXCEEDED;
+    if let Some(reply) = msg.refused {
+        return reply;
     }
-    if has_bare_line_ending(&body.bytes[body.header_len..]) {
-        tracing::warn!(client = %s.client_ip, "rejected message with bare CR or LF");
-        return Reply::BARE_LINE_ENDING;
+    let Some(spool) = msg.spool else {
+        return Reply::STORAGE_ERROR;
+    };
+    let defects = msg.check.finish();
+    if !defects.is_empty() {
+        tracing::warn!(client = %s.client_ip, ?defects, "rejected message with bare CR, bare LF or NUL");
+        return if defects.nul && !(defects.bare_cr || defects.bare_lf) {
+            Reply::NUL_IN_MESSAGE
+        } else {
+            Reply::BARE_LINE_ENDING
+        };
+    }
+    let hops = msg.check.received_headers();
+    if hops > s.ctx.config.smtp.max_received_headers {
+        tracing::warn!(client = %s.client_ip, hops, "rejected message: mail loop (smtp.max_received_headers)");
+        return Reply::MAIL_LOOP;
     }
     let record = Record {
-        id: body.id,
+        id: msg.id,
         envelope: s.envelope(&tx, journal::now_ms()),
         rcpts: tx.rcpts,
-        size: body.bytes.len() as u64,
+        size: spool.len(),
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
@@ -318,50 +683,54 @@ async fn finish_message(s: &mut Session, body: Body) -> Reply {
         delay_warned: false,
     };
     let ctx = s.ctx.clone();
-    match ctx.journal.enqueue(&record, body.bytes).await {
+    // The commit and the 250: nothing is acknowledged before it is durable.
+    match spool.commit(&record).await {
         Ok(()) => {
             log_received(&record);
             ctx.metrics.messages_received.inc();
             ctx.queue.enqueued(record);
-            Reply::queued(body.id)
+            Reply::queued(msg.id)
         }
-        Err(journal::Error::Full { used, max }) => {
-            tracing::warn!(id = %body.id, used, max, "journal full, message refused");
+        Err(e) if e.is_full() => {
+            tracing::warn!(id = %msg.id, "journal full, message refused: {e}");
             Reply::STORAGE_FULL
         }
         Err(e) => {
-            tracing::error!(id = %body.id, "journal error, message refused: {e}");
+            tracing::error!(id = %msg.id, "journal error, message refused: {e}");
             Reply::STORAGE_ERROR
         }
     }
 }
 
 fn log_received(r: &Record) {
-    let rcpts: Vec<&str> = r.rcpts.iter().map(|x| x.address.as_str()).collect();
+    let rcpts: Vec<String> = r.rcpts.iter().map(|x| printable(&x.address)).collect();
+    let tls = r
+        .envelope
+        .tls
+        .as_ref()
+        .map_or(String::new(), |t| format!(" tls={}", t.version));
     tracing::info!(
-        "{} received from=<{}> to=<{}> size={} client={} helo={}",
+        "{} received from=<{}> to=<{}> size={} client={} helo={}{tls}",
         r.id,
-        r.envelope.mail_from,
+        printable(&r.envelope.mail_from),
         rcpts.join(">,<"),
         r.size,
         r.envelope.client_ip,
-        r.envelope.helo
+        printable(&r.envelope.helo)
     );
 }
 
-/// True if `data` has a CR not followed by LF or an LF not preceded by CR.
-/// Such bytes are how SMTP smuggling hides a second message; we refuse them.
-pub fn has_bare_line_ending(data: &[u8]) -> bool {
-    let mut prev = 0u8;
-    for (i, &b) in data.iter().enumerate() {
-        match b {
-            b'\n' if prev != b'\r' => return true,
-            b'\r' if data.get(i + 1) != Some(&b'\n') => return true,
-            _ => {}
+/// `s` with control characters (and backslashes) escaped, safe for a log line.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.extend(c.escape_default()),
+            c => out.push(c),
         }
-        prev = b;
     }
-    false
+    out
 }
 
 #[cfg(test)]
@@ -369,57 +738,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bare_line_endings() {
-        assert!(!has_bare_line_ending(b"a\r\nb\r\n"));
-        assert!(!has_bare_line_ending(b""));
-        assert!(has_bare_line_ending(b"a\nb\r\n"));
-        assert!(has_bare_line_ending(b"a\rb\r\n"));
-        assert!(has_bare_line_ending(b"a\r\n\n.\n"));
-        assert!(has_bare_line_ending(b"a\r"));
-    }
-
-    /// The receiver fed in random-size chunks gives the same body, and only
-    /// CRLF.CRLF ends it (smuggling variants do not).
-    #[test]
-    fn data_receiver_in_chunks() {
-        let cases: &[(&[u8], Option<&[u8]>)] = &[
-            (b"a\r\n.\r\n", Some(b"a\r\n")),
-            (b".\r\n", Some(b"")),
-            (b"..lead\r\nx\r\n.\r\n", Some(b".lead\r\nx\r\n")),
-            (b"a\r\n..b\r\n.\r\n", Some(b"a\r\n.b\r\n")),
-            (b"a\n.\nb\r\n.\r\n", Some(b"a\n.\nb\r\n")),
-            // The stuffed dot is removed; the bare LF left behind gets the message refused.
-            (b"a\r\n.\nb\r\n.\r\n", Some(b"a\r\n\nb\r\n")),
-            (b"a\n.\r\n", None),
-            (b"a\r.\r\n", None),
-        ];
-        let mut seed = 0x2545F4914F6CDD1Du64;
-        for (input, want) in cases {
-            for _ in 0..50 {
-                let mut rx = DataReceiver::new();
-                rx.ingest(&mut b"\r\n".iter(), &mut Vec::new());
-                let mut out = Vec::new();
-                let mut done = false;
-                let mut rest = *input;
-                while !rest.is_empty() && !done {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let n = 1 + (seed as usize % rest.len());
-                    let mut it = rest[..n].iter();
-                    done = rx.ingest(&mut it, &mut out);
-                    rest = &rest[n - it.as_slice().len()..];
-                }
-                match want {
-                    Some(w) => {
-                        assert!(done, "{input:?} should end");
-                        assert_eq!(&out, w, "{input:?}");
-                        let smuggled = input.windows(2).any(|p| p[1] == b'\n' && p[0] != b'\r');
-                        assert_eq!(has_bare_line_ending(&out), smuggled, "{input:?}");
-                    }
-                    None => assert!(!done, "{input:?} must not end"),
-                }
-            }
-        }
+    fn log_fields_cannot_forge_lines() {
+        assert_eq!(printable("client.test"), "client.test");
+        assert_eq!(
+            printable("a\r\n0000 delivered\x1b[2J"),
+            "a\\r\\n0000 delivered\\u{1b}[2J"
+        );
+        assert_eq!(printable("a\\b"), "a\\\\b");
+        assert_eq!(printable("jörg"), "jörg");
     }
 }

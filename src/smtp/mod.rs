@@ -1,12 +1,17 @@
 //! Inbound SMTP: listener, per-connection I/O loop, the session state machine,
-//! typed replies, recipient checks and the `Received:` header.
+//! message receivers, typed replies, recipient checks, STARTTLS and the
+//! `Received:` header.
 
 pub mod address;
 pub mod connection;
+pub mod data;
 pub mod listener;
+pub mod params;
 pub mod received;
+pub mod recipients;
 pub mod reply;
 pub mod session;
+pub mod tls;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
@@ -36,6 +41,10 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the relay shuts down.
     pub shutdown: CancellationToken,
+    /// Inbound STARTTLS, when `[smtp.tls]` is set.
+    pub tls: Option<Arc<tls::Tls>>,
+    /// Which recipients exist (static list, backend verification).
+    pub recipients: recipients::Recipients,
 }
 
 impl Context {

@@ -51,6 +51,18 @@ replies! {
     TOO_MANY_CONNECTIONS = 421 "4.3.2" "Too many connections, try again later";
     /// Client was idle too long.
     IDLE_TIMEOUT = 421 "4.4.2" "Idle timeout, closing connection";
+    /// A command or message line took longer than `smtp.idle_timeout` to arrive.
+    LINE_TIMEOUT = 421 "4.4.2" "Timeout: a line took too long to arrive, closing connection";
+    /// The message took longer than `smtp.data_timeout`.
+    DATA_TIMEOUT = 421 "4.4.2" "Timeout: the message took too long to arrive, closing connection";
+    /// `smtp.max_errors` reached.
+    TOO_MANY_ERRORS = 421 "4.7.0" "Too many errors in this session, closing connection";
+    /// `smtp.max_connections_per_ip` reached.
+    TOO_MANY_FROM_IP = 421 "4.7.0" "Too many connections from your address, try again later";
+    /// STARTTLS configured but the handshake cannot start now.
+    TLS_NOT_AVAILABLE = 454 "4.7.0" "TLS not available due to temporary reason";
+    /// STARTTLS accepted: the handshake follows.
+    READY_TLS = 220 "2.0.0" "Ready to start TLS";
     /// Storage error.
     STORAGE_ERROR = 451 "4.3.0" "Temporary storage error, try again later";
     /// Journal full.
@@ -83,14 +95,35 @@ replies! {
     MIXED_DATA = 503 "5.5.1" "DATA and BDAT cannot be mixed in one transaction";
     /// Unsupported parameter.
     PARAM_NOT_IMPLEMENTED = 555 "5.5.4" "Parameter not recognized or not implemented";
+    /// BODY=BINARYMIME (not advertised).
+    BINARYMIME_NOT_OFFERED = 555 "5.5.4" "BODY=BINARYMIME is not offered; use BODY=8BITMIME";
     /// Not a relay domain.
     RELAY_DENIED = 550 "5.7.1" "Relay access denied";
     /// Percent hack, bang path, source route, quoted @.
     ROUTING_DENIED = 550 "5.7.1" "Source routing and address tricks (%, !, quoted @) are not accepted";
     /// Declared size over the limit.
     SIZE_EXCEEDED = 552 "5.3.4" "Message size exceeds fixed maximum message size";
+    /// A BDAT chunk that can never fit: answered at once, then the connection is
+    /// closed (its bytes would follow and cannot be skipped).
+    CHUNK_TOO_BIG = 552 "5.3.4" "BDAT chunk exceeds the maximum message size, closing connection";
     /// Bare CR or LF in DATA (SMTP smuggling defence).
     BARE_LINE_ENDING = 550 "5.6.0" "Bare CR or LF in message; lines must end with CRLF (RFC 5321 2.3.8)";
+    /// NUL in the message (some servers downstream end lines or strings at NUL).
+    NUL_IN_MESSAGE = 550 "5.6.0" "NUL character in message is not accepted";
+    /// More `Received:` headers than `smtp.max_received_headers`.
+    MAIL_LOOP = 554 "5.4.6" "Too many Received: headers: mail forwarding loop";
+    /// The client talked before the greeting (pregreet).
+    PREGREET = 554 "5.5.0" "Protocol error: you talked before the greeting";
+    /// A MAIL or RCPT parameter given twice.
+    DUPLICATE_PARAM = 501 "5.5.4" "Parameter given more than once";
+    /// A sender address that parses but cannot be mailed back (`<a@>`).
+    BAD_SENDER_ADDRESS = 553 "5.1.7" "Sender address rejected: not a valid address";
+    /// A recipient address that parses but is not local@domain (`<a@>`).
+    BAD_RECIPIENT_ADDRESS = 553 "5.1.3" "Recipient address rejected: not a valid address";
+    /// The recipient does not exist (static list or backend verification).
+    UNKNOWN_USER = 550 "5.1.1" "Recipient address rejected: User unknown";
+    /// STARTTLS while already under TLS, or not offered.
+    TLS_ALREADY = 503 "5.5.1" "TLS already active";
     /// SMTPUTF8 address without the SMTPUTF8 parameter.
     NEED_SMTPUTF8 = 553 "5.6.7" "Non-ASCII address requires the SMTPUTF8 parameter";
     /// Transaction failed for an unclassified reason.

@@ -3,8 +3,8 @@
 //! loop lives in [`super::connection`].
 
 use super::reply::Reply;
-use super::{Context, address};
-use crate::journal::{Envelope, MailParams, RcptState, Recipient};
+use super::{Context, address, params};
+use crate::journal::{Envelope, MailParams, RcptState, Recipient, TlsInfo};
 use smtp_proto::{MailFrom, RcptTo, Request};
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -19,7 +19,12 @@ pub enum Next {
     /// Write `354` and switch to reading DATA.
     StartData,
     /// Read a BDAT chunk of this many bytes.
-    Bdat { size: usize, last: bool },
+    Bdat { size: u64, last: bool },
+    /// Check this recipient (static list, backend verification), then call
+    /// [`Session::add_recipient`] with the verdict.
+    Verify(Recipient),
+    /// Write `220 Ready to start TLS` and do the handshake.
+    StartTls,
     /// Write this reply and close the connection.
     Close(Reply),
 }
@@ -47,8 +52,12 @@ pub struct Transaction {
     /// DATA or BDAT.
     pub mode: BodyMode,
     /// BDAT chunks received so far.
-    pub body: Option<super::connection::Body>,
+    pub body: Option<super::connection::Incoming>,
 }
+
+/// Recipients a client may try past `smtp.max_recipients` before the
+/// refusals count as errors (Postfix `smtpd_recipient_overshoot_limit`).
+const RECIPIENT_OVERSHOOT: usize = 1000;
 
 /// Per-connection state.
 pub struct Session {
@@ -61,6 +70,13 @@ pub struct Session {
     pub esmtp: bool,
     /// The open transaction, if any.
     pub tx: Option<Transaction>,
+    /// The session's TLS, after STARTTLS.
+    pub tls: Option<TlsInfo>,
+    /// The client talked before the greeting.
+    pub pregreeted: bool,
+    /// Error replies so far (what `smtp.max_errors` limits).
+    pub errors: usize,
+    overshoot: usize,
 }
 
 impl Session {
@@ -72,6 +88,10 @@ impl Session {
             helo: None,
             esmtp: false,
             tx: None,
+            tls: None,
+            pregreeted: false,
+            errors: 0,
+            overshoot: 0,
         }
     }
 
@@ -80,19 +100,39 @@ impl Session {
         Reply::new(220, "", format!("{} ESMTP breakwater", self.ctx.hostname))
     }
 
+    /// Handles one command line: `raw` as received, `parsed` as smtp-proto read
+    /// it. A few things are decided on the raw bytes, which the parser
+    /// normalises or gets wrong: source routes, parameters, BDAT sizes.
+    pub fn on_command(
+        &mut self,
+        raw: &[u8],
+        parsed: Result<Request<Cow<'_, str>>, smtp_proto::Error>,
+    ) -> Next {
+        if let Some(bdat) = params::bdat(raw) {
+            return match bdat {
+                Ok((size, last)) => self.on_bdat(size, last),
+                Err(reply) => Next::Reply(reply),
+            };
+        }
+        match parsed {
+            Ok(req) => self.on_request(req, raw),
+            Err(e) => Next::Reply(self.on_parse_error(&e, raw)),
+        }
+    }
+
     /// Handles one parsed command. `raw` is the command line as received (for
     /// checks the parser normalises away, such as source routes).
     pub fn on_request(&mut self, req: Request<Cow<'_, str>>, raw: &[u8]) -> Next {
         match req {
             Request::Ehlo { host } => Next::Raw(self.on_ehlo(&host)),
             Request::Helo { host } => Next::Reply(self.on_helo(&host)),
-            Request::Mail { from } => Next::Reply(self.on_mail(from)),
-            Request::Rcpt { to } => Next::Reply(self.on_rcpt(to, raw)),
+            Request::Mail { from } => Next::Reply(self.on_mail(from, raw)),
+            Request::Rcpt { to } => self.on_rcpt(to, raw),
             Request::Data => self.on_data(),
             Request::Bdat {
                 chunk_size,
                 is_last,
-            } => self.on_bdat(chunk_size, is_last),
+            } => self.on_bdat(chunk_size as u64, is_last),
             Request::Rset => {
                 self.tx = None;
                 Next::Reply(Reply::RESET)
@@ -101,6 +141,7 @@ impl Session {
             Request::Vrfy { .. } => Next::Reply(Reply::CANNOT_VRFY),
             Request::Help { .. } => Next::Reply(Reply::HELP),
             Request::Quit => Next::Close(Reply::BYE),
+            Request::StartTls => self.on_starttls(),
             Request::Lhlo { .. } => Next::Reply(Reply::UNKNOWN_COMMAND),
             _ => Next::Reply(Reply::NOT_IMPLEMENTED),
         }
@@ -128,11 +169,29 @@ impl Session {
         }
     }
 
+    /// Counts `reply` against `smtp.max_errors`; true once the limit is reached
+    /// (the caller answers `421 4.7.0` and closes). Like Postfix, our own
+    /// trouble (storage) does not count, nor do the first refusals of recipients
+    /// past `smtp.max_recipients`.
+    pub fn count_error(&mut self, reply: &Reply) -> bool {
+        if reply.code < 400 || reply.enhanced.starts_with("4.3.") {
+            return false;
+        }
+        if *reply == Reply::TOO_MANY_RECIPIENTS {
+            self.overshoot += 1;
+            if self.overshoot <= RECIPIENT_OVERSHOOT {
+                return false;
+            }
+        }
+        self.errors += 1;
+        self.errors >= self.ctx.config.smtp.max_errors
+    }
+
     fn on_ehlo(&mut self, host: &str) -> Vec<u8> {
         self.helo = Some(host.to_owned());
         self.esmtp = true;
         self.tx = None;
-        let lines = [
+        let mut lines = vec![
             format!("{} greets {}", self.ctx.hostname, host),
             "PIPELINING".into(),
             format!("SIZE {}", self.ctx.max_message_size),
@@ -141,8 +200,11 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
             "DSN".into(),
-            "HELP".into(),
         ];
+        if self.ctx.tls.is_some() && self.tls.is_none() {
+            lines.push("STARTTLS".into());
+        }
+        lines.push("HELP".into());
         let mut out = Vec::with_capacity(200);
         for (i, line) in lines.iter().enumerate() {
             let sep = if i + 1 == lines.len() { ' ' } else { '-' };
@@ -158,7 +220,27 @@ impl Session {
         Reply::new(250, "", self.ctx.hostname.clone())
     }
 
-    fn on_mail(&mut self, from: MailFrom<Cow<'_, str>>) -> Reply {
+    fn on_starttls(&mut self) -> Next {
+        match (&self.ctx.tls, &self.tls) {
+            (None, _) => Next::Reply(Reply::NOT_IMPLEMENTED),
+            (Some(_), Some(_)) => Next::Reply(Reply::TLS_ALREADY),
+            (Some(_), None) => {
+                self.tx = None;
+                Next::StartTls
+            }
+        }
+    }
+
+    /// The session after a completed TLS handshake: everything the client said
+    /// before is forgotten (RFC 3207 4.2), it starts again with EHLO.
+    pub fn start_over_with_tls(&mut self, info: TlsInfo) {
+        self.helo = None;
+        self.esmtp = false;
+        self.tx = None;
+        self.tls = Some(info);
+    }
+
+    fn on_mail(&mut self, from: MailFrom<Cow<'_, str>>, raw: &[u8]) -> Reply {
         if self.helo.is_none() {
             return Reply::NEED_HELO;
         }
@@ -169,12 +251,28 @@ impl Session {
         if has_params && !self.esmtp {
             return Reply::PARAM_NOT_IMPLEMENTED;
         }
-        if from.size as u64 > self.ctx.max_message_size {
+        let size = match params::check(raw, params::MAIL_PARAMS) {
+            Ok(size) => size.unwrap_or(0),
+            Err(reply) => return reply,
+        };
+        if size > self.ctx.max_message_size {
             return Reply::SIZE_EXCEEDED;
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
         if !smtputf8 && !from.address.is_ascii() {
             return Reply::NEED_SMTPUTF8;
+        }
+        if !address::is_valid_sender(&from.address) {
+            return Reply::BAD_SENDER_ADDRESS;
+        }
+        // Refuse early, before the client sends the message, when it cannot be
+        // stored: storage trouble is always a 4xx.
+        if !self.ctx.journal.is_healthy() {
+            return Reply::STORAGE_ERROR;
+        }
+        if let Err(e) = self.ctx.journal.check_space(size) {
+            tracing::warn!(client = %self.client_ip, "MAIL refused: {e}");
+            return Reply::STORAGE_FULL;
         }
         let ret_full = match from.flags {
             f if f & smtp_proto::MAIL_RET_FULL != 0 => Some(true),
@@ -184,7 +282,7 @@ impl Session {
         self.tx = Some(Transaction {
             mail_from: from.address.into_owned(),
             params: MailParams {
-                size: from.size as u64,
+                size,
                 eight_bit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
                 smtputf8,
                 ret_full,
@@ -197,26 +295,29 @@ impl Session {
         Reply::SENDER_OK
     }
 
-    fn on_rcpt(&mut self, to: RcptTo<Cow<'_, str>>, raw: &[u8]) -> Reply {
+    fn on_rcpt(&mut self, to: RcptTo<Cow<'_, str>>, raw: &[u8]) -> Next {
         let max = self.ctx.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
-            return Reply::NEED_MAIL;
+            return Next::Reply(Reply::NEED_MAIL);
         };
         if tx.mode != BodyMode::None {
-            return Reply::BAD_SEQUENCE;
+            return Next::Reply(Reply::BAD_SEQUENCE);
         }
         if tx.rcpts.len() >= max {
-            return Reply::TOO_MANY_RECIPIENTS;
+            return Next::Reply(Reply::TOO_MANY_RECIPIENTS);
+        }
+        if let Err(reply) = params::check(raw, params::RCPT_PARAMS) {
+            return Next::Reply(reply);
         }
         if !tx.params.smtputf8 && !to.address.is_ascii() {
-            return Reply::NEED_SMTPUTF8;
+            return Next::Reply(Reply::NEED_SMTPUTF8);
         }
         let address =
             match address::check_recipient(&to.address, raw, |d| self.ctx.is_relay_domain(d)) {
                 Ok(a) => a,
-                Err(reply) => return reply,
+                Err(reply) => return Next::Reply(reply),
             };
-        tx.rcpts.push(Recipient {
+        Next::Verify(Recipient {
             address,
             // smtp-proto accepts only the rfc822 type and hands over the decoded
             // address; keep the type so DSNs and backends get `rfc822;addr`.
@@ -228,8 +329,22 @@ impl Session {
                     | smtp_proto::RCPT_NOTIFY_NEVER),
             state: RcptState::Pending,
             dsn_sent: false,
-        });
-        Reply::RCPT_OK
+        })
+    }
+
+    /// Adds a recipient [`Next::Verify`] asked about, once it was found to
+    /// exist (`known`), or refuses it with `550 5.1.1`.
+    pub fn add_recipient(&mut self, rcpt: Recipient, known: bool) -> Reply {
+        if !known {
+            return Reply::UNKNOWN_USER;
+        }
+        match self.tx.as_mut() {
+            Some(tx) => {
+                tx.rcpts.push(rcpt);
+                Reply::RCPT_OK
+            }
+            None => Reply::NEED_MAIL,
+        }
     }
 
     fn on_data(&mut self) -> Next {
@@ -246,7 +361,7 @@ impl Session {
         Next::StartData
     }
 
-    fn on_bdat(&mut self, size: usize, last: bool) -> Next {
+    fn on_bdat(&mut self, size: u64, last: bool) -> Next {
         // The chunk follows the command whatever we answer, so the I/O loop always
         // reads it; an error here makes it discard the chunk.
         if let Some(tx) = self.tx.as_mut()
@@ -279,7 +394,7 @@ impl Session {
             params: tx.params.clone(),
             client_ip: self.client_ip,
             helo: self.helo.clone().unwrap_or_default(),
-            tls: false,
+            tls: self.tls.clone(),
             arrived_ms,
         }
     }

@@ -17,7 +17,7 @@ pub struct Relay {
     /// Journal directory (kept by `_tmp` unless given by the test).
     pub dir: PathBuf,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<Result<(), breakwater::journal::Error>>>,
+    task: Option<JoinHandle<Result<(), breakwater::Error>>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
