@@ -72,11 +72,8 @@ async fn route<B>(state: &State, req: Request<B>) -> Response<Full<Bytes>> {
         (&Method::GET, "/readyz") => {
             if state.shutdown.is_cancelled() {
                 text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n".into())
-            } else if !state.journal.is_healthy() {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "journal unhealthy\n".into(),
-                )
+            } else if let Err(why) = state.journal.readiness() {
+                text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
             } else {
                 text(StatusCode::OK, "ready\n".into())
             }

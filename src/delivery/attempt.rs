@@ -165,8 +165,9 @@ fn signal_of(reached: bool, outcomes: &[(usize, Outcome)]) -> Signal {
 
 /// Saves the state after an attempt: a message with nothing left to do (every
 /// recipient delivered, or failed and its sender told) is removed; any other is
-/// saved (deferred recipients wait for their retry time).
-async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
+/// saved (deferred recipients wait for their retry time). If the journal
+/// refuses, the state is [`Status::Unsaved`]: the dispatcher writes it later.
+pub(crate) async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
     if record.rcpts.iter().all(|r| r.is_settled()) {
         match shared.journal.remove(&record).await {
             Ok(()) => {
@@ -186,19 +187,33 @@ async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
                 return (record, Status::Removed);
             }
             Err(e) => tracing::error!(
-                "{} done but not removed from journal (a restart repeats the last attempt): {e}",
+                "{} done but not removed from the journal (kept in memory, written when the journal takes writes again): {e}",
                 record.id
             ),
         }
-        return (record, Status::Kept);
+        return (record, Status::Unsaved);
     }
     if let Err(e) = shared.journal.save(&record).await {
         tracing::error!(
-            "{} state not saved (a restart repeats this attempt): {e}",
+            "{} state not saved (kept in memory, written when the journal takes writes again): {e}",
             record.id
         );
+        return (record, Status::Unsaved);
     }
     (record, Status::Kept)
+}
+
+/// Writes a state an earlier attempt could not (no delivery is made).
+pub(super) async fn persist(shared: &Shared, record: Record) -> Report {
+    let started = Instant::now();
+    let (record, status) = commit_state(shared, record).await;
+    Report {
+        record: Box::new(record),
+        status,
+        signal: Signal::Neutral,
+        took: started.elapsed(),
+        notice: None,
+    }
 }
 
 fn log_outcome(id: QueueId, rcpt: &str, backend: &str, outcome: &Outcome, next_ms: u64) {

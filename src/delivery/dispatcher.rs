@@ -5,7 +5,7 @@
 //! time), parks it (held, or only failed recipients left) or forgets it (removed
 //! from the journal) when its attempt reports back.
 
-use super::attempt::{Report, attempt};
+use super::attempt::{Report, attempt, persist};
 use super::client::Backends;
 use super::drain::Drain;
 use super::gate::Gate;
@@ -86,8 +86,16 @@ pub struct Dispatcher {
     warnings: BTreeSet<(u64, QueueId)>,
     /// Every id in the journal (ids sort by arrival: the first is the oldest).
     all: BTreeSet<QueueId>,
+    /// Outcomes the journal could not record. While there are any, no delivery
+    /// starts: its outcome could not be recorded either.
+    unsaved: HashMap<QueueId, Record>,
+    /// When to try writing `unsaved` again.
+    persist_at: Instant,
     in_flight: usize,
 }
+
+/// How often unrecorded outcomes are written again while the journal refuses.
+const PERSIST_RETRY: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
     pub(super) fn new(
@@ -108,6 +116,8 @@ impl Dispatcher {
             bounces: Lane::default(),
             warnings: BTreeSet::new(),
             all: BTreeSet::new(),
+            unsaved: HashMap::new(),
+            persist_at: Instant::now(),
             in_flight: 0,
         };
         if !recovered.is_empty() {
@@ -123,10 +133,14 @@ impl Dispatcher {
     /// Runs until `shutdown`, then lets in-flight attempts finish within `grace`.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let mut health = self.shared.gate.health().subscribe();
+        let mut journal = self.shared.journal.watch_health();
         loop {
             self.promote_due();
-            self.send_warnings();
-            self.launch();
+            self.persist_unsaved();
+            if self.may_deliver() {
+                self.send_warnings();
+                self.launch();
+            }
             self.update_gauges();
             let wake = self.next_wake();
             let quiet_change = self.next_quiet_change();
@@ -148,10 +162,21 @@ impl Dispatcher {
                         self.make_all_due("a backend is up");
                     }
                 }
+                Ok(()) = journal.changed() => {
+                    if *journal.borrow_and_update() {
+                        self.persist_at = Instant::now();
+                    }
+                }
                 _ = shutdown.cancelled() => break,
             }
         }
         self.finish_in_flight(grace).await;
+        if !self.unsaved.is_empty() {
+            tracing::warn!(
+                "shutdown: {} delivery outcome(s) could not be written to the journal; those messages will be attempted again after restart",
+                self.unsaved.len()
+            );
+        }
         self.shared.backends.close_idle().await;
     }
 
@@ -245,6 +270,34 @@ impl Dispatcher {
         }
     }
 
+    /// True while attempts may start: the journal takes writes and holds every
+    /// outcome so far (storage trouble stops delivery, never repeats one).
+    fn may_deliver(&self) -> bool {
+        self.unsaved.is_empty() && self.shared.journal.is_healthy()
+    }
+
+    /// Writes the outcomes the journal refused before, at most every
+    /// [`PERSIST_RETRY`], once it is open again.
+    fn persist_unsaved(&mut self) {
+        let now = Instant::now();
+        if self.unsaved.is_empty() || !self.shared.journal.is_healthy() || now < self.persist_at {
+            return;
+        }
+        self.persist_at = now + PERSIST_RETRY;
+        tracing::info!(
+            "writing {} delivery outcome(s) the journal refused before",
+            self.unsaved.len()
+        );
+        for (_, record) in self.unsaved.drain() {
+            self.in_flight += 1;
+            let (shared, tx) = (self.shared.clone(), self.tx.clone());
+            tokio::spawn(async move {
+                let report = persist(&shared, record).await;
+                let _ = tx.send(Event::Done(report));
+            });
+        }
+    }
+
     fn finished(&mut self, report: Report) {
         self.in_flight -= 1;
         self.drain.record(report.signal, report.took);
@@ -257,6 +310,11 @@ impl Dispatcher {
                 self.all.remove(&report.record.id);
             }
             Status::Kept => self.file(*report.record),
+            Status::Unsaved => {
+                self.persist_at = self.persist_at.max(Instant::now() + PERSIST_RETRY);
+                let r = *report.record;
+                self.unsaved.insert(r.id, r);
+            }
         }
     }
 
@@ -350,6 +408,13 @@ impl Dispatcher {
     /// the next start the rate allows, or the next retry time (only DSNs' while
     /// the gate is shut).
     fn next_wake(&self) -> Option<Instant> {
+        if !self.unsaved.is_empty() {
+            // While the journal is closed, its reopening wakes the loop.
+            return self.shared.journal.is_healthy().then_some(self.persist_at);
+        }
+        if !self.may_deliver() {
+            return None; // the journal's reopening wakes the loop
+        }
         let warning = self
             .warnings
             .first()

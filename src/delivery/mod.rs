@@ -49,6 +49,10 @@ pub(crate) enum Status {
     Kept,
     /// Gone from the journal.
     Removed,
+    /// Its new state could not be written (storage trouble): the dispatcher
+    /// keeps it in memory, starts no delivery until the journal takes writes
+    /// again, then writes it, so a recorded delivery is never repeated.
+    Unsaved,
 }
 
 /// Journal setting that persists the whole-queue hold.

@@ -110,12 +110,16 @@ pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
             }
         }
     }
-    if let Err(e) = shared.journal.save(&record).await {
-        tracing::error!("{} state not saved after the delay warning: {e}", record.id);
-    }
+    let status = match shared.journal.save(&record).await {
+        Ok(()) => Status::Kept,
+        Err(e) => {
+            tracing::error!("{} state not saved after the delay warning: {e}", record.id);
+            Status::Unsaved
+        }
+    };
     Report {
         record: Box::new(record),
-        status: Status::Kept,
+        status,
         signal: Signal::Neutral,
         took: started.elapsed(),
         notice,

@@ -220,6 +220,29 @@ impl Client {
         self.read_reply().await
     }
 
+    /// Like [`Client::send_message`] but any refusal along the way (MAIL,
+    /// RCPT, DATA) is returned instead of panicking, the transaction reset.
+    pub async fn try_send_message(&mut self, from: &str, rcpts: &[&str], data: &[u8]) -> Reply {
+        let mut lines = vec![format!("MAIL FROM:<{from}>")];
+        lines.extend(rcpts.iter().map(|r| format!("RCPT TO:<{r}>")));
+        lines.push("DATA".into());
+        for line in lines {
+            self.send(&line).await;
+            let reply = self.read_reply().await;
+            if reply.code >= 400 {
+                if reply.code != 421 {
+                    self.send("RSET").await;
+                    let _ = self.read_reply().await;
+                }
+                return reply;
+            }
+        }
+        let mut body = dot_stuff(data);
+        body.extend_from_slice(b".\r\n");
+        self.send_raw(&body).await;
+        self.read_reply().await
+    }
+
     /// Like [`Client::send_message`] but with BDAT chunks of `chunk` bytes
     /// (LAST on the final one; "BDAT 0 LAST" for empty data). Each
     /// intermediate chunk must get 250; returns the final reply unchecked.

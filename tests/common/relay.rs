@@ -57,7 +57,19 @@ impl Relay {
 
     /// A relay on the journal in `dir` (for restart tests).
     pub async fn start_in(dir: &Path, backends: &[SocketAddr], extra: &str) -> Relay {
-        let text = config_text(dir, backends, extra);
+        Relay::start_with_text(dir, &config_text(dir, backends, extra)).await
+    }
+
+    /// A relay on the journal in `dir` with the whole config `text`. With
+    /// `BW_TEST_LOG` set (e.g. `BW_TEST_LOG=info`), the relay's log goes to stderr.
+    pub async fn start_with_text(dir: &Path, text: &str) -> Relay {
+        if let Ok(filter) = std::env::var("BW_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_writer(std::io::stderr)
+                .try_init();
+        }
+        let text = text.to_owned();
         let config = breakwater::config::Config::parse(&text)
             .unwrap_or_else(|e| panic!("test config invalid: {e}\n{text}"));
         let smtp = TcpListener::bind("127.0.0.1:0").await.expect("bind smtp");
