@@ -5,8 +5,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// What a [`Client`] talks over: TCP, or TLS over TCP after STARTTLS.
+pub trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> ClientStream for T {}
 
 /// Limit for connecting, each reply and each write.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -91,7 +95,8 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
 /// SMTP client over a TCP connection; every read is bounded by
 /// [`IO_TIMEOUT`].
 pub struct Client {
-    stream: TcpStream,
+    stream: Box<dyn ClientStream>,
+    local: SocketAddr,
     buf: Vec<u8>,
     greeting: Reply,
     peer: SocketAddr,
@@ -114,8 +119,10 @@ impl Client {
             Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out")),
         };
         let _ = stream.set_nodelay(true);
+        let local = stream.local_addr()?;
         let mut client = Client {
-            stream,
+            stream: Box::new(stream),
+            local,
             buf: Vec::new(),
             greeting: Reply {
                 code: 0,
@@ -142,7 +149,36 @@ impl Client {
 
     /// Our own address (to tell connections apart).
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("Client::local_addr")
+        self.local
+    }
+
+    /// Sends `STARTTLS`, expects `220`, and does the handshake with `tls`
+    /// (anything pipelined is up to the caller: send it with `send_raw` first).
+    /// Bytes the server sent before the handshake are discarded.
+    pub async fn starttls(
+        &mut self,
+        tls: &tokio_rustls::TlsConnector,
+        name: &str,
+    ) -> io::Result<()> {
+        self.cmd("STARTTLS", "220").await;
+        self.handshake(tls, name).await
+    }
+
+    /// The TLS handshake on this connection, now (after a `220` to STARTTLS).
+    pub async fn handshake(
+        &mut self,
+        tls: &tokio_rustls::TlsConnector,
+        name: &str,
+    ) -> io::Result<()> {
+        let name = rustls::pki_types::ServerName::try_from(name.to_owned())
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let plain = std::mem::replace(&mut self.stream, Box::new(tokio::io::empty()));
+        self.buf.clear();
+        let stream = tokio::time::timeout(IO_TIMEOUT, tls.connect(name, plain))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        self.stream = Box::new(stream);
+        Ok(())
     }
 
     /// Writes `line` + CRLF; panics on failure.

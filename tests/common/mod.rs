@@ -13,10 +13,12 @@
 pub mod backend;
 pub mod client;
 pub mod relay;
+pub mod tls;
 
 pub use backend::{Backend, BackendOptions, Received, count_by_header};
 pub use client::{Client, Reply, dot_stuff};
 pub use relay::{Relay, config_text, http, metric_value, wait_metric};
+pub use tls::TestCert;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};

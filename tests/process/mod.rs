@@ -35,6 +35,16 @@ impl Daemon {
         smtp_keys: &str,
         extra: &str,
     ) -> Daemon {
+        Daemon::start_inner(dir, backends, smtp_keys, extra, None).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        backends: &[SocketAddr],
+        smtp_keys: &str,
+        extra: &str,
+        relay: Option<&str>,
+    ) -> Daemon {
         let journal = dir.join("journal");
         for attempt in 1..=SPAWN_ATTEMPTS {
             let (smtp, admin) = (loopback(free_port()), loopback(free_port()));
@@ -42,7 +52,11 @@ impl Daemon {
                 "{extra}\n[smtp]\nlisten = [\"{smtp}\"]\n{smtp_keys}\n[admin]\nlisten = \"{admin}\"\n"
             );
             let config = dir.join("breakwater.toml");
-            std::fs::write(&config, config_text(&journal, backends, &tail)).expect("write config");
+            let mut text = config_text(&journal, backends, &tail);
+            if let Some(relay) = relay {
+                text = text.replace("[relay]\ndomains = [\"example.com\"]\n", relay);
+            }
+            std::fs::write(&config, text).expect("write config");
             let stderr = dir.join(format!("stderr-{}.log", unique()));
             let file = std::fs::File::create(&stderr).expect("create stderr log");
             let child = Command::new(env!("CARGO_BIN_EXE_breakwater"))
@@ -84,6 +98,12 @@ impl Daemon {
         unreachable!("every start attempt either returns or panics")
     }
 
+    /// Like [`Daemon::start`], with `relay` (a whole `[relay]` section)
+    /// instead of the default one (`domains = ["example.com"]`).
+    pub async fn start_with_relay(dir: &Path, backends: &[SocketAddr], relay: &str) -> Daemon {
+        Daemon::start_inner(dir, backends, "", "", Some(relay)).await
+    }
+
     /// The process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("child running").id()
@@ -110,6 +130,23 @@ impl Daemon {
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -TERM {pid} failed");
+    }
+
+    /// Sends SIGHUP (reload).
+    pub fn hup(&mut self) {
+        let pid = self.pid().to_string();
+        let status = Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP {pid} failed");
+    }
+
+    /// True while the child has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Waits (bounded) for the child to exit; `None` if it is still running.
