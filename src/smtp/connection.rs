@@ -256,6 +256,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut session: Session, stre
     io.reply(&session.greeting());
     io.start_record();
     let end = command_loop(&mut session, &mut io).await;
+    session.release_slots();
     let last = match end {
         End::Closed => None,
         End::WriteTimeout => {
@@ -317,6 +318,7 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &m
         }
         if s.pregreeted {
             s.ctx.metrics.reject(Rejection::Pregreet);
+            s.release_slots();
             io.reply(&Reply::PREGREET);
             let _ = io.flush().await;
             return End::Closed;
@@ -329,6 +331,7 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &m
                 continue;
             }
             Next::Close(r) => {
+                s.release_slots();
                 io.reply(&r);
                 let _ = io.flush().await;
                 return End::Closed;
@@ -375,6 +378,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     if s.count_error(&reply) {
         tracing::warn!(client = %s.client_ip, errors = s.errors, "closed: smtp.max_errors reached");
         s.ctx.metrics.reject(Rejection::Errors);
+        s.release_slots();
         io.reply(&Reply::TOO_MANY_ERRORS);
         let _ = io.flush().await;
         return Some(End::Closed);

@@ -58,10 +58,10 @@ pub async fn run(
         let ctx = ctx.clone();
         tracker.spawn(async move {
             let _gauge = SessionGauge::new(&ctx);
-            let session = Session::new(ctx.clone(), ip);
+            let mut session = Session::new(ctx.clone(), ip);
+            session.hold_slot(Box::new(ip_slot));
+            session.hold_slot(Box::new(permit));
             super::connection::serve(session, stream).await;
-            drop(ip_slot);
-            drop(permit);
         });
     }
 }

@@ -77,6 +77,10 @@ pub struct Session {
     /// Error replies so far (what `smtp.max_errors` limits).
     pub errors: usize,
     overshoot: usize,
+    /// The session's places in the connection limits; given back before the
+    /// last reply is written, so a client that reconnects on reading it finds
+    /// its slot free.
+    slots: Vec<Box<dyn Send>>,
 }
 
 impl Session {
@@ -92,7 +96,18 @@ impl Session {
             pregreeted: false,
             errors: 0,
             overshoot: 0,
+            slots: Vec::new(),
         }
+    }
+
+    /// Keeps `slot` (a connection-limit permit) until [`Session::release_slots`].
+    pub fn hold_slot(&mut self, slot: Box<dyn Send>) {
+        self.slots.push(slot);
+    }
+
+    /// Gives the connection-limit slots back (the session is ending).
+    pub fn release_slots(&mut self) {
+        self.slots.clear();
     }
 
     /// The greeting banner.
