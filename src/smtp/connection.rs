@@ -11,14 +11,15 @@
 //! Command lines are framed here (bounded length, and the raw line is kept for
 //! checks the parser normalises away) and parsed by smtp-proto's sans-IO
 //! `Request::parse`; message bodies go through our own receivers in
-//! [`super::data`] and are written to the journal in parts as they arrive
-//! ([`crate::journal::Spool`]), so a session holds at most a few tens of KiB.
+//! [`super::data`] into an [`Incoming`] message, written to the journal in
+//! parts as it arrives, so a session holds at most a few tens of KiB.
 
-use super::data::{BdatReceiver, BodyCheck, DataReceiver};
+use super::data::{BdatReceiver, DataReceiver};
+use super::incoming::Incoming;
 use super::reply::Reply;
 use super::session::{Next, Session};
 use crate::admin::metrics::Rejection;
-use crate::journal::{self, QueueId, Record, Spool, TlsInfo};
+use crate::journal::{self, Record, TlsInfo};
 use smtp_proto::Request;
 use std::io;
 use std::pin::Pin;
@@ -444,122 +445,27 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A message being received: our `Received:` header, then the client's bytes,
-/// written to the journal as they arrive; or, once refused, nothing more.
-#[derive(Debug)]
-pub struct Incoming {
-    id: QueueId,
-    /// Where the message goes; `None` once it is refused.
-    spool: Option<Spool>,
-    /// Why it will be refused at its end, if it will.
-    refused: Option<Reply>,
-    check: BodyCheck,
-    /// Bytes from the client (without our header): what `smtp.max_message_size` limits.
-    client_bytes: u64,
-    max: u64,
-    /// Where the bytes of a refused message go to be forgotten.
-    scratch: Vec<u8>,
-    /// When the whole message must have arrived (`smtp.data_timeout`).
-    deadline: Instant,
-}
-
-impl Incoming {
-    fn start(s: &Session) -> Incoming {
-        let Some(tx) = s.tx.as_ref() else {
-            return Incoming::discard(s);
-        };
-        let mut spool = s.ctx.journal.spool(s.ctx.journal.next_id());
-        let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str());
-        let protocol = super::received::protocol(s.esmtp, tx.params.smtputf8, s.tls.is_some());
-        let header = super::received::header(
-            s.helo.as_deref().unwrap_or("unknown"),
-            s.client_ip,
-            &s.ctx.hostname,
-            protocol,
-            s.tls.as_ref(),
-            spool.id(),
-            single,
-            chrono::Utc::now(),
-        );
-        spool.buf().extend_from_slice(&header);
-        Incoming {
-            id: spool.id(),
-            spool: Some(spool),
-            refused: None,
-            check: BodyCheck::new(),
-            client_bytes: 0,
-            max: s.ctx.max_message_size,
-            scratch: Vec::new(),
-            deadline: Instant::now() + s.ctx.config.smtp.data_timeout.0,
-        }
-    }
-
-    /// A chunk that belongs to no valid transaction: read and forgotten.
-    fn discard(s: &Session) -> Incoming {
-        Incoming {
-            id: QueueId(0),
-            spool: None,
-            refused: Some(Reply::BAD_SEQUENCE),
-            check: BodyCheck::new(),
-            client_bytes: 0,
-            max: 0,
-            scratch: Vec::new(),
-            deadline: Instant::now() + s.ctx.config.smtp.data_timeout.0,
-        }
-    }
-
-    /// Where the receiver appends the next bytes.
-    fn sink(&mut self) -> &mut Vec<u8> {
-        match &mut self.spool {
-            Some(spool) => spool.buf(),
-            None => {
-                self.scratch.clear();
-                &mut self.scratch
-            }
-        }
-    }
-
-    /// Looks at what the receiver appended since `mark` (the sink's length
-    /// before): checks, size limit.
-    fn took(&mut self, mark: usize) {
-        let Some(spool) = &mut self.spool else {
-            return;
-        };
-        let new = &spool.buf()[mark..];
-        self.check.feed(new);
-        self.client_bytes += new.len() as u64;
-        if self.client_bytes > self.max {
-            self.refuse(Reply::SIZE_EXCEEDED);
-        }
-    }
-
-    fn mark(&mut self) -> usize {
-        self.sink().len()
-    }
-
-    /// Refuses the message: what was written is dropped, the rest is not kept.
-    fn refuse(&mut self, reply: Reply) {
-        self.refused.get_or_insert(reply);
-        self.spool = None;
-    }
-
-    /// Stages what is buffered once there is enough of it.
-    async fn stage(&mut self) {
-        let Some(spool) = &mut self.spool else {
-            return;
-        };
-        if !spool.needs_flush() {
-            return;
-        }
-        if let Err(e) = spool.flush().await {
-            tracing::warn!("{} journal refused part of the message: {e}", self.id);
-            self.refuse(if e.is_full() {
-                Reply::STORAGE_FULL
-            } else {
-                Reply::STORAGE_ERROR
-            });
-        }
-    }
+/// Starts receiving a message for the open transaction: a journal spool with
+/// our `Received:` header in it.
+fn incoming(s: &Session) -> Incoming {
+    let deadline = Instant::now() + s.ctx.config.smtp.data_timeout.0;
+    let Some(tx) = s.tx.as_ref() else {
+        return Incoming::discard(deadline);
+    };
+    let spool = s.ctx.journal.spool(s.ctx.journal.next_id());
+    let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str());
+    let protocol = super::received::protocol(s.esmtp, tx.params.smtputf8, s.tls.is_some());
+    let header = super::received::header(
+        s.helo.as_deref().unwrap_or("unknown"),
+        s.client_ip,
+        &s.ctx.hostname,
+        protocol,
+        s.tls.as_ref(),
+        spool.id(),
+        single,
+        chrono::Utc::now(),
+    );
+    Incoming::new(spool, &header, s.ctx.max_message_size, deadline)
 }
 
 /// Feeds what is buffered to `feed` (a receiver) into the message, watching
@@ -569,7 +475,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnMut(&[u8], &mut Vec<u8>) -> (usize, bool),
 {
-    io.data_deadline = Some(msg.deadline);
+    io.data_deadline = Some(msg.deadline());
     let mut since_record = 0usize;
     loop {
         let mark = msg.mark();
@@ -596,7 +502,7 @@ async fn receive_data<S: AsyncRead + AsyncWrite + Unpin>(
     io: &mut Io<S>,
 ) -> Result<Reply, End> {
     io.reply(&Reply::START_DATA);
-    let mut msg = Incoming::start(s);
+    let mut msg = incoming(s);
     let mut rx = DataReceiver::new();
     receive(io, &mut msg, |input, out| {
         let n = rx.feed(input, out);
@@ -622,8 +528,8 @@ async fn receive_bdat<S: AsyncRead + AsyncWrite + Unpin>(
     let allowed = s.bdat_allowed();
     let mut msg = match s.tx.as_mut().and_then(|tx| tx.body.take()) {
         Some(b) => b,
-        None if allowed => Incoming::start(s),
-        None => Incoming::discard(s),
+        None if allowed => incoming(s),
+        None => Incoming::discard(Instant::now() + s.ctx.config.smtp.data_timeout.0),
     };
     let mut rx = BdatReceiver::new(size);
     receive(io, &mut msg, |input, out| {
@@ -634,7 +540,7 @@ async fn receive_bdat<S: AsyncRead + AsyncWrite + Unpin>(
     if !allowed {
         return Ok(Some(s.bdat_refusal()));
     }
-    if msg.refused.as_ref() == Some(&Reply::SIZE_EXCEEDED) {
+    if msg.refusal() == Some(&Reply::SIZE_EXCEEDED) {
         // RFC 3030: refuse the chunk that overflows; the transaction is over.
         s.tx = None;
         return Ok(Some(Reply::SIZE_EXCEEDED));
@@ -655,13 +561,12 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
     let Some(tx) = s.tx.take() else {
         return Reply::BAD_SEQUENCE;
     };
-    if let Some(reply) = msg.refused {
-        return reply;
-    }
-    let Some(spool) = msg.spool else {
-        return Reply::STORAGE_ERROR;
+    let id = msg.id();
+    let (spool, check) = match msg.finish() {
+        Ok(done) => done,
+        Err(reply) => return reply,
     };
-    let defects = msg.check.finish();
+    let defects = check.finish();
     if !defects.is_empty() {
         tracing::warn!(client = %s.client_ip, ?defects, "rejected message with bare CR, bare LF or NUL");
         return if defects.nul && !(defects.bare_cr || defects.bare_lf) {
@@ -670,13 +575,13 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
             Reply::BARE_LINE_ENDING
         };
     }
-    let hops = msg.check.received_headers();
+    let hops = check.received_headers();
     if hops > s.ctx.config.smtp.max_received_headers {
         tracing::warn!(client = %s.client_ip, hops, "rejected message: mail loop (smtp.max_received_headers)");
         return Reply::MAIL_LOOP;
     }
     let record = Record {
-        id: msg.id,
+        id,
         envelope: s.envelope(&tx, journal::now_ms()),
         rcpts: tx.rcpts,
         size: spool.len(),
@@ -693,14 +598,14 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
             log_received(&record);
             ctx.metrics.messages_received.inc();
             ctx.queue.enqueued(record);
-            Reply::queued(msg.id)
+            Reply::queued(id)
         }
         Err(e) if e.is_full() => {
-            tracing::warn!(id = %msg.id, "journal full, message refused: {e}");
+            tracing::warn!(%id, "journal full, message refused: {e}");
             Reply::STORAGE_FULL
         }
         Err(e) => {
-            tracing::error!(id = %msg.id, "journal error, message refused: {e}");
+            tracing::error!(%id, "journal error, message refused: {e}");
             Reply::STORAGE_ERROR
         }
     }

@@ -5,6 +5,7 @@
 pub mod address;
 pub mod connection;
 pub mod data;
+pub mod incoming;
 pub mod listener;
 pub mod params;
 pub mod received;

@@ -52,7 +52,7 @@ pub struct Transaction {
     /// DATA or BDAT.
     pub mode: BodyMode,
     /// BDAT chunks received so far.
-    pub body: Option<super::connection::Incoming>,
+    pub body: Option<super::incoming::Incoming>,
 }
 
 /// Recipients a client may try past `smtp.max_recipients` before the
