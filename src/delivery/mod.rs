@@ -2,6 +2,7 @@
 //! classification and the retry policy.
 
 mod attempt;
+pub mod body;
 pub mod client;
 mod commands;
 pub mod dispatcher;
