@@ -15,6 +15,7 @@ mod notices;
 pub mod outcome;
 pub mod retry;
 pub mod tls;
+mod transfer;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
@@ -132,6 +133,7 @@ pub fn dispatcher(
         &config.hostname,
         config.bounce.relay.clone(),
         gate.clone(),
+        config.delivery.line_length_limit,
     );
     let shared = Shared {
         journal: journal.clone(),
