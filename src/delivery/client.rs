@@ -420,10 +420,10 @@ async fn transaction(
 ) -> Result<Vec<(usize, Outcome)>, Stale> {
     let rcpts: Vec<usize> = open_rcpts(record).collect();
     let all = |o: Outcome| rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
-    // SIZE= is the stored size. Folding long lines adds 3 bytes per fold, so
-    // the bytes sent can be a few more than declared; a server enforces its
-    // own limit on what it gets (RFC 1870 calls the declared size an estimate
-    // it may use to refuse early).
+    // SIZE= (and the check against the backend's limit) uses the stored size.
+    // Folding long lines adds 3 bytes per fold, so a folded message is a few
+    // bytes larger than declared; finding out exactly would mean reading the
+    // whole message before sending it.
     let size = usize::try_from(record.size).unwrap_or(usize::MAX);
     if conn.caps & EXT_SIZE != 0 && conn.size_limit > 0 && size > conn.size_limit {
         return Ok(all(Outcome::Failed(format!(

@@ -1,5 +1,6 @@
-//! Delivery: the dispatcher (schedule, concurrency), the backend client, outcome
-//! classification and the retry policy.
+//! Delivery: the dispatcher (schedule, concurrency), the backend client, the
+//! body encoder and its streaming from the journal, outcome classification and
+//! the retry policy.
 
 mod attempt;
 pub mod body;

@@ -178,3 +178,6 @@ fn refused(reply: Response<String>) -> Result<Response<String>, TransferError> {
         Err(TransferError::Unexpected(reply))
     }
 }
+
+#[cfg(test)]
+mod tests;
