@@ -1,5 +1,5 @@
-//! One delivery attempt: load the bytes, deliver, record each recipient's
-//! outcome, commit the new state, and tell the drain what the backend's answer
+//! One delivery attempt: deliver (the bytes streamed from the journal), record
+//! each recipient's outcome, commit the new state, and tell the drain what the backend's answer
 //! says about its load.
 
 use super::Status;
@@ -22,8 +22,8 @@ pub(crate) struct Report {
     pub notice: Option<Box<Record>>,
 }
 
-/// One delivery attempt: load the bytes, deliver, record every recipient's
-/// outcome, and commit the new state before reporting back.
+/// One delivery attempt: deliver, record every recipient's outcome, and commit
+/// the new state before reporting back.
 pub(super) async fn attempt(shared: &Shared, record: Record) -> Report {
     let started = Instant::now();
     let (record, status, signal, notice) = run(shared, record).await;
@@ -37,9 +37,11 @@ pub(super) async fn attempt(shared: &Shared, record: Record) -> Report {
 }
 
 async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Option<Record>) {
-    let body = match shared.journal.body(record.id) {
-        Ok(Some(b)) => b,
-        Ok(None) => {
+    // The bytes are streamed from the journal during delivery (and read for a
+    // DSN only when one is built); here they are only checked to be there.
+    match shared.journal.contains(record.id).await {
+        Ok(true) => {}
+        Ok(false) => {
             tracing::warn!(
                 "{} vanished from the journal; nothing to deliver",
                 record.id
@@ -51,7 +53,7 @@ async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Op
             record.next_attempt_ms = shared.clock.now_ms() + retry_delay_ms(shared, &record, 1);
             return (record, Status::Kept, Signal::Neutral, None);
         }
-    };
+    }
     let now = shared.clock.now_ms();
     let mut signal = Signal::Neutral;
     let mut relayed = Vec::new();
@@ -62,13 +64,12 @@ async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Op
             record.id
         );
     } else if record.has_open_recipients() {
-        let result = shared.backends.deliver(&record, &body).await;
+        let result = shared.backends.deliver(&record, &shared.journal).await;
         signal = signal_of(result.backend.is_some(), &result.outcomes);
         relayed = apply(shared, &mut record, &result);
         remote = result.backend;
     }
-    let notice = notices::notify(shared, &mut record, &body, &relayed, remote.as_deref()).await;
-    drop(body);
+    let notice = notices::notify(shared, &mut record, &relayed, remote.as_deref()).await;
     let (record, status) = commit_state(shared, record).await;
     (record, status, signal, notice)
 }

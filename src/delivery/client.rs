@@ -6,9 +6,10 @@ use super::gate::Gate;
 use super::mx::{Hops, Router};
 use super::outcome::Outcome;
 use super::tls::Stream;
+use super::transfer::{self, Body};
 use crate::config;
 use crate::config::TlsPolicy;
-use crate::journal::Record;
+use crate::journal::{Journal, Record};
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
 use smtp_proto::{EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
@@ -41,6 +42,9 @@ struct Conn {
     caps: u32,
     size_limit: usize,
     last_used: Instant,
+    /// A transfer broke off in the middle: the session state is unknown, so
+    /// the connection is closed, never reused.
+    spoiled: bool,
 }
 
 /// One `[[backend]]` with its idle connections and connection limit.
@@ -59,18 +63,22 @@ pub struct Backends {
     bounces: Router,
     bounce_timeouts: config::Backend,
     tls: TlsConnector,
+    /// `delivery.line_length_limit`: longer lines are folded on the way out.
+    line_limit: usize,
 }
 
 impl Backends {
     /// Backends from config, sorted by priority; `helo` is our EHLO name. Backends
     /// the `gate` is shut for (down, in a quiet window) are skipped, and connection
-    /// results are reported to its health view.
+    /// results are reported to its health view. Lines longer than `line_limit`
+    /// (0: no limit) are folded when sent.
     pub fn new(
         cfgs: &[config::Backend],
         concurrency: usize,
         helo: &str,
         bounce_relay: Option<String>,
         gate: Arc<Gate>,
+        line_limit: usize,
     ) -> Backends {
         let mut list: Vec<Backend> = cfgs
             .iter()
@@ -93,6 +101,7 @@ impl Backends {
                 ..config::Backend::named("bounce")
             },
             tls: super::tls::connector(),
+            line_limit,
         }
     }
 
@@ -116,9 +125,16 @@ impl Backends {
         order
     }
 
-    /// Delivers `body` for every open recipient of `record`: the first backend that
-    /// can be reached gets the transaction; connection failures move on to the next.
-    pub async fn deliver(&self, record: &Record, body: &[u8]) -> Attempt {
+    /// Delivers `record`'s message, streamed from `journal`, for every open
+    /// recipient: the first backend that can be reached gets the transaction;
+    /// connection failures move on to the next.
+    pub async fn deliver(&self, record: &Record, journal: &Journal) -> Attempt {
+        let body = Body {
+            journal,
+            id: record.id,
+            size: record.size,
+            line_limit: self.line_limit,
+        };
         if record.bounce {
             return self.deliver_bounce(record, body).await;
         }
@@ -156,7 +172,7 @@ impl Backends {
 
     /// Delivers a DSN to its recipient's mail server (or `bounce.relay`): a fresh
     /// connection per hop, no pooling, no backend gate.
-    async fn deliver_bounce(&self, record: &Record, body: &[u8]) -> Attempt {
+    async fn deliver_bounce(&self, record: &Record, body: Body<'_>) -> Attempt {
         let Some(rcpt) = record.rcpts.first() else {
             return unreachable(record, "DSN without recipient");
         };
@@ -208,13 +224,13 @@ impl Backends {
         &self,
         backend: &Backend,
         record: &Record,
-        body: &[u8],
+        body: Body<'_>,
     ) -> Result<(Vec<(usize, Outcome)>, bool), mail_send::Error> {
         if let Some(mut conn) = take_idle(backend) {
             // Err(Stale): closed while idle, so fall through to a fresh connection.
             if let Ok(outcomes) = transaction(&mut conn, record, body).await {
                 let dsn = conn.caps & EXT_DSN != 0;
-                if !outcomes.iter().any(|(_, o)| o.is_connection_loss()) {
+                if reusable(&conn, &outcomes) {
                     put_idle(backend, conn);
                 }
                 return Ok((outcomes, dsn));
@@ -224,7 +240,7 @@ impl Backends {
         match transaction(&mut conn, record, body).await {
             Ok(outcomes) => {
                 let dsn = conn.caps & EXT_DSN != 0;
-                if outcomes.iter().all(|(_, o)| !o.is_connection_loss()) {
+                if reusable(&conn, &outcomes) {
                     put_idle(backend, conn);
                 }
                 Ok((outcomes, dsn))
@@ -300,6 +316,12 @@ fn take_idle(b: &Backend) -> Option<Conn> {
         }
     }
     None
+}
+
+/// A connection goes back to the pool unless it broke, or the backend closed
+/// it, or a transfer broke off in the middle.
+fn reusable(conn: &Conn, outcomes: &[(usize, Outcome)]) -> bool {
+    !conn.spoiled && !outcomes.iter().any(|(_, o)| o.is_connection_loss())
 }
 
 fn put_idle(b: &Backend, mut conn: Conn) {
@@ -380,30 +402,36 @@ async fn open(
         caps: ehlo.capabilities,
         size_limit: ehlo.size,
         last_used: Instant::now(),
+        spoiled: false,
     })
 }
 
 /// The connection died before the backend said anything about this message.
 struct Stale;
 
-/// MAIL, RCPT for each open recipient, then BDAT (if offered) or DATA. Returns an
-/// outcome for every open recipient; `Err(Stale)` if the very first command found
-/// the connection dead (nothing was said about the message).
+/// MAIL, RCPT for each open recipient, then the body by BDAT (if offered) or
+/// DATA, streamed from the journal. Returns an outcome for every open
+/// recipient; `Err(Stale)` if the very first command found the connection dead
+/// (nothing was said about the message).
 async fn transaction(
     conn: &mut Conn,
     record: &Record,
-    body: &[u8],
+    body: Body<'_>,
 ) -> Result<Vec<(usize, Outcome)>, Stale> {
     let rcpts: Vec<usize> = open_rcpts(record).collect();
     let all = |o: Outcome| rcpts.iter().map(|&i| (i, o.clone())).collect::<Vec<_>>();
-    if conn.caps & EXT_SIZE != 0 && conn.size_limit > 0 && body.len() > conn.size_limit {
+    // SIZE= (and the check against the backend's limit) uses the stored size.
+    // Folding long lines adds 3 bytes per fold, so a folded message is a few
+    // bytes larger than declared; finding out exactly would mean reading the
+    // whole message before sending it.
+    let size = usize::try_from(record.size).unwrap_or(usize::MAX);
+    if conn.caps & EXT_SIZE != 0 && conn.size_limit > 0 && size > conn.size_limit {
         return Ok(all(Outcome::Failed(format!(
-            "552 5.3.4 message size {} exceeds backend limit {}",
-            body.len(),
+            "552 5.3.4 message size {size} exceeds backend limit {}",
             conn.size_limit
         ))));
     }
-    let mut cmds = vec![mail_command(conn.caps, record, body.len())];
+    let mut cmds = vec![mail_command(conn.caps, record, size)];
     cmds.extend(
         rcpts
             .iter()
@@ -433,18 +461,13 @@ async fn transaction(
         reset(conn).await;
         return Ok(outcomes);
     }
-    let result = if conn.caps & EXT_CHUNKING != 0 {
-        conn.client.bdat(body).await
-    } else {
-        // data() adds CRLF.CRLF itself: hand it the body without its last CRLF so
-        // the backend gets exactly our bytes.
-        conn.client
-            .data(body.strip_suffix(b"\r\n").unwrap_or(body))
-            .await
-    };
-    let outcome = match result {
+    let chunking = conn.caps & EXT_CHUNKING != 0;
+    let outcome = match transfer::send(&mut conn.client, chunking, body).await {
         Ok(r) => Outcome::from_reply(&Reply::from(r)),
-        Err(e) => Outcome::from_error(&e),
+        Err(e) => {
+            conn.spoiled = true;
+            Outcome::from_transfer(&e)
+        }
     };
     outcomes.extend(accepted.into_iter().map(|i| (i, outcome.clone())));
     Ok(outcomes)

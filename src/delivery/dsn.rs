@@ -64,8 +64,9 @@ pub fn status_of(reply: &str) -> String {
 }
 
 /// Builds the whole notification message (headers and body, CRLF line ends).
-/// `original` is the stored message; its headers are returned, or all of it
-/// when the sender asked for RET=FULL.
+/// `original` is the stored message (for RET=HDRS, its header section is
+/// enough); its headers are returned, or all of it when the sender asked for
+/// RET=FULL.
 pub fn build(
     hostname: &str,
     record: &Record,

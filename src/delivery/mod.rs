@@ -1,7 +1,9 @@
-//! Delivery: the dispatcher (schedule, concurrency), the backend client, outcome
-//! classification and the retry policy.
+//! Delivery: the dispatcher (schedule, concurrency), the backend client, the
+//! body encoder and its streaming from the journal, outcome classification and
+//! the retry policy.
 
 mod attempt;
+pub mod body;
 pub mod client;
 mod commands;
 pub mod dispatcher;
@@ -14,6 +16,7 @@ mod notices;
 pub mod outcome;
 pub mod retry;
 pub mod tls;
+mod transfer;
 
 use crate::admin::metrics::Metrics;
 use crate::config::Config;
@@ -135,6 +138,7 @@ pub fn dispatcher(
         &config.hostname,
         config.bounce.relay.clone(),
         gate.clone(),
+        config.delivery.line_length_limit,
     );
     let shared = Shared {
         journal: journal.clone(),

@@ -8,7 +8,7 @@ use super::attempt::Report;
 use super::dispatcher::Shared;
 use super::drain::Signal;
 use super::dsn;
-use crate::journal::{Envelope, MailParams, RcptState, Recipient, Record};
+use crate::journal::{self, Envelope, MailParams, RcptState, Recipient, Record};
 use tokio::time::Instant;
 
 /// Queues the DSNs an attempt calls for: failures the sender wants to hear
@@ -17,7 +17,6 @@ use tokio::time::Instant;
 pub(super) async fn notify(
     shared: &Shared,
     record: &mut Record,
-    body: &[u8],
     relayed: &[usize],
     remote: Option<&str>,
 ) -> Option<Record> {
@@ -51,7 +50,7 @@ pub(super) async fn notify(
     if entries.is_empty() {
         return None;
     }
-    match queue_dsn(shared, record, body, &entries).await {
+    match queue_dsn(shared, record, &entries).await {
         Queued::Yes(notice) => Some(*notice),
         Queued::Never => None,
         Queued::Failed => {
@@ -94,20 +93,10 @@ pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
         .collect();
     let mut notice = None;
     if !entries.is_empty() {
-        match shared.journal.body(record.id) {
-            Ok(Some(body)) => match queue_dsn(shared, &record, &body, &entries).await {
-                Queued::Yes(n) => notice = Some(n),
-                Queued::Never => {}
-                Queued::Failed => record.delay_warned = false,
-            },
-            Ok(None) => {}
-            Err(e) => {
-                tracing::error!(
-                    "{} delay warning not sent: cannot read message: {e}",
-                    record.id
-                );
-                record.delay_warned = false;
-            }
+        match queue_dsn(shared, &record, &entries).await {
+            Queued::Yes(n) => notice = Some(n),
+            Queued::Never => {}
+            Queued::Failed => record.delay_warned = false,
         }
     }
     let status = match shared.journal.save(&record).await {
@@ -126,14 +115,10 @@ pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
     }
 }
 
-/// Journals a DSN about `record` to its sender. A message from the null sender
-/// (a bounce itself) never gets one.
-async fn queue_dsn(
-    shared: &Shared,
-    record: &Record,
-    body: &[u8],
-    entries: &[dsn::Entry],
-) -> Queued {
+/// Journals a DSN about `record` to its sender, with the original's headers
+/// (or all of it for RET=FULL) read from the journal now. A message from the
+/// null sender (a bounce itself) never gets one.
+async fn queue_dsn(shared: &Shared, record: &Record, entries: &[dsn::Entry]) -> Queued {
     if record.envelope.mail_from.is_empty() || record.bounce {
         tracing::warn!(
             "{} no DSN: null sender (a bounce is never bounced); dropped",
@@ -144,7 +129,18 @@ async fn queue_dsn(
     let failed = entries.iter().any(|e| e.action == dsn::Action::Failed);
     let now =
         chrono::DateTime::from_timestamp_millis(shared.clock.now_ms() as i64).unwrap_or_default();
-    let bytes = dsn::build(&shared.hostname, record, body, entries, now);
+    let original = match returned_part(shared, record).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::error!(
+                "{} DSN not queued (retried later): cannot read the message: {e}",
+                record.id
+            );
+            return Queued::Failed;
+        }
+    };
+    let bytes = dsn::build(&shared.hostname, record, &original, entries, now);
+    drop(original);
     let notice = dsn_record(shared, record, bytes.len() as u64);
     match shared.journal.enqueue(&notice, bytes).await {
         Ok(()) => {
@@ -170,6 +166,37 @@ async fn queue_dsn(
         }
     }
 }
+
+/// What of the original a DSN returns, read from the journal: the whole
+/// message for RET=FULL, else only as much as holds its header section
+/// ([`dsn::headers_of`] cuts it there).
+async fn returned_part(shared: &Shared, record: &Record) -> Result<Vec<u8>, journal::Error> {
+    let total = journal::parts(record.size);
+    if record.envelope.params.ret_full == Some(true) {
+        return shared.journal.read_parts(record.id, 0, total).await;
+    }
+    let mut head = Vec::new();
+    let mut first = 0;
+    while first < total {
+        let searched = head.len().saturating_sub(3);
+        head.extend(
+            shared
+                .journal
+                .read_parts(record.id, first, HEADER_PARTS)
+                .await?,
+        );
+        first = first.saturating_add(HEADER_PARTS);
+        if head[searched..].windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let n = dsn::headers_of(&head).len();
+    head.truncate(n);
+    Ok(head)
+}
+
+/// Parts read at a time while looking for the end of the header section.
+const HEADER_PARTS: u32 = 4;
 
 fn entry(r: &Recipient, action: dsn::Action, reply: String, remote: Option<&str>) -> dsn::Entry {
     dsn::Entry {

@@ -1,5 +1,6 @@
 //! Every way a delivery attempt can end, classified in one place.
 
+use super::transfer::TransferError;
 use crate::smtp::reply::Reply;
 
 /// How a deferral for a broken connection starts (RFC 3463 4.4.2, bad connection).
@@ -42,6 +43,22 @@ impl Outcome {
                 Outcome::Deferred(format!("451 4.7.5 TLS with backend failed: {t}"))
             }
             other => Outcome::Deferred(format!("451 4.4.0 backend error: {other}")),
+        }
+    }
+
+    /// Classifies a body transfer that ended without a reply about the message:
+    /// a backend problem as [`Outcome::from_error`]; a journal that could not
+    /// give the bytes is our trouble, temporary (RFC 3463 4.3.0).
+    pub(crate) fn from_transfer(e: &TransferError) -> Outcome {
+        match e {
+            TransferError::Smtp(e) => Outcome::from_error(e),
+            TransferError::Journal(_) | TransferError::Short { .. } => Outcome::Deferred(format!(
+                "451 4.3.0 message not readable from the journal: {e}"
+            )),
+            TransferError::Unexpected(r) => Outcome::Deferred(format!(
+                "451 4.4.0 backend answered out of protocol: {}",
+                Reply::from(r.clone())
+            )),
         }
     }
 

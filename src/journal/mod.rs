@@ -362,6 +362,20 @@ impl Journal {
             .map_err(|_| Error::Closed)?
     }
 
+    /// True if message `id` is in the journal (its record, and so its bytes).
+    /// Cheap: one key lookup, on a blocking thread.
+    pub async fn contains(&self, id: QueueId) -> Result<bool, Error> {
+        let j = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let db = j.inner.shared.db()?;
+            let txn = db.begin_read().map_err(read_error)?;
+            let table = txn.open_table(META).map_err(read_error)?;
+            Ok(table.get(id.0).map_err(read_error)?.is_some())
+        })
+        .await
+        .map_err(|_| Error::Closed)?
+    }
+
     /// The stored record of a message, `None` if it is not in the journal.
     pub fn record(&self, id: QueueId) -> Result<Option<Record>, Error> {
         let db = self.inner.shared.db()?;

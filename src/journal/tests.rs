@@ -56,8 +56,14 @@ async fn bodies_roundtrip_across_part_boundaries_and_survive_reopen() {
         assert_eq!(j.body(r.id).unwrap().unwrap(), body(size), "size {size}");
         records.push(r);
     }
+    assert!(j.contains(records[2].id).await.unwrap());
     j.remove(&records[2]).await.unwrap();
     assert_eq!(j.body(records[2].id).unwrap(), None);
+    assert!(!j.contains(records[2].id).await.unwrap());
+    assert!(
+        j.contains(records[0].id).await.unwrap(),
+        "an empty body is there"
+    );
     assert_eq!(
         j.body(records[3].id).unwrap().unwrap(),
         body(PART),

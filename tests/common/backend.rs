@@ -52,6 +52,10 @@ pub struct BackendOptions {
     /// Advertised and enforced SIZE limit in bytes; `None` = no SIZE
     /// extension (a 64 MiB hard cap still applies).
     pub size: Option<usize>,
+    /// Longest message line taken (CRLF and a stuffed dot not counted): with
+    /// a longer one the end of data gets `500 5.5.0 Line too long` and
+    /// nothing is recorded. `None` = any length.
+    pub max_line: Option<usize>,
 }
 
 impl Default for BackendOptions {
@@ -66,6 +70,7 @@ impl Default for BackendOptions {
             smtputf8: true,
             enhanced_status_codes: true,
             size: Some(50 * 1024 * 1024),
+            max_line: None,
         }
     }
 }
@@ -97,6 +102,25 @@ impl Received {
     /// The data as (lossy) UTF-8, for assertions on text messages.
     pub fn data_str(&self) -> String {
         String::from_utf8_lossy(&self.data).into_owned()
+    }
+
+    /// The data after its first header field (the relay's `Received:` with its
+    /// continuation lines), i.e. the message as the client sent it.
+    pub fn after_trace(&self) -> &[u8] {
+        let mut end = 0;
+        for _ in 0..64 {
+            let Some(eol) = self.data[end..].windows(2).position(|w| w == b"\r\n") else {
+                break;
+            };
+            end += eol + 2;
+            if !matches!(self.data.get(end), Some(b' ' | b'\t')) {
+                return &self.data[end..];
+            }
+        }
+        panic!(
+            "no trace header (or one longer than 64 lines) in\n{}",
+            self.data_str()
+        );
     }
 
     /// The value of the first header line `name: value` (exact name, no folding).
@@ -505,6 +529,12 @@ struct Session {
     /// Total size of the current message, including bytes not kept.
     data_size: usize,
     bdat_started: bool,
+    /// Bytes of the current message line so far (with a CR at its end).
+    line_len: usize,
+    /// The last message byte was a CR.
+    last_cr: bool,
+    /// A line longer than `opts.max_line` was seen.
+    long_line: bool,
     mode: Mode,
     out: Vec<u8>,
 }
@@ -520,6 +550,9 @@ impl Session {
             data: Vec::new(),
             data_size: 0,
             bdat_started: false,
+            line_len: 0,
+            last_cr: false,
+            long_line: false,
             mode: Mode::Command,
             out: Vec::new(),
         }
@@ -531,6 +564,9 @@ impl Session {
         self.data = Vec::new();
         self.data_size = 0;
         self.bdat_started = false;
+        self.line_len = 0;
+        self.last_cr = false;
+        self.long_line = false;
     }
 
     /// Queues a reply; "\n" inside `text` separates the lines of a
@@ -555,9 +591,26 @@ impl Session {
     }
 
     fn keep(&mut self, bytes: &[u8]) {
+        self.measure(bytes);
         self.data_size = self.data_size.saturating_add(bytes.len());
         if self.data_size <= self.opts.data_limit() {
             self.data.extend_from_slice(bytes);
+        }
+    }
+
+    /// Notes lines longer than `opts.max_line` (the last one may lack its CRLF).
+    fn measure(&mut self, bytes: &[u8]) {
+        let Some(max) = self.opts.max_line else {
+            return;
+        };
+        for &b in bytes {
+            if b == b'\n' {
+                self.long_line |= self.line_len - usize::from(self.last_cr) > max;
+                self.line_len = 0;
+            } else {
+                self.line_len += 1;
+            }
+            self.last_cr = b == b'\r';
         }
     }
 
@@ -848,6 +901,16 @@ impl Session {
         if self.data_size > self.opts.data_limit() {
             self.reset_transaction();
             self.reply("552 5.3.4 Message size exceeds fixed limit");
+            return Ok(None);
+        }
+        let unended = self.line_len - usize::from(self.last_cr);
+        if self
+            .opts
+            .max_line
+            .is_some_and(|max| self.long_line || unended > max)
+        {
+            self.reset_transaction();
+            self.reply("500 5.5.0 Line too long");
             return Ok(None);
         }
         let script = lock(&self.shared).script.clone();
