@@ -52,8 +52,16 @@ async fn over_the_file_limit_clients_get_421_not_silence() {
     })
     .await;
     assert!(up, "{}", std::fs::read_to_string(&log).unwrap_or_default());
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.contains("does not fit the open-file limit"), "{text}");
+    // The port is bound before the relay starts serving: wait for its word.
+    let capped = wait_until_async(Duration::from_secs(10), || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("does not fit the open-file limit"))
+    })
+    .await;
+    assert!(
+        capped,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
 
     // More connections than the limit allows sessions: every one gets a reply.
     let mut conns = Vec::new();

@@ -172,6 +172,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
         }
         self.buf.reserve(READ_CHUNK);
         let (deadline, late) = self.deadline();
+        // Checked here, not only by the read's timeout: a client that always has
+        // bytes ready (an endless line, an endless refused message) never makes
+        // a read wait, so the timeout alone would never fire.
+        if Instant::now() >= deadline {
+            return Err(late);
+        }
         let read = async {
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) => Err(End::Closed),
@@ -303,6 +309,11 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &m
         {
             return end;
         }
+        // Between BDAT chunks the message's deadline still runs.
+        io.data_deadline =
+            s.tx.as_ref()
+                .and_then(|tx| tx.body.as_ref())
+                .map(Incoming::deadline);
         let shutdown = s.ctx.shutdown.clone();
         let line = match io.read_line(&shutdown).await {
             Ok(Some(line)) => line,
