@@ -16,6 +16,7 @@
 
 use super::{BODIES, META, PART, SETTINGS, STAGING, Shared};
 use redb::{Database, Durability, ReadableTable};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::Duration;
@@ -107,17 +108,53 @@ impl Default for BatchLimits {
 /// Longest pause between two reopen attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
+/// Parts of discarded messages removed per transaction: dropping a large
+/// unfinished message is spread over several commits so the small commits
+/// behind it (a 250 waiting) are not held up.
+const DISCARD_PARTS_PER_BATCH: u32 = 512;
+
+/// A discarded message whose parts are still being removed: parts
+/// `next..end` of message `id`. Its staging entry goes with its last part, so a
+/// crash meanwhile leaves it to [`drop_unfinished`].
+#[derive(Debug, Clone, Copy)]
+struct Discarding {
+    id: u64,
+    next: u32,
+    end: u32,
+}
+
 /// The writer loop; returns when a `Shutdown` op was handled or every sender is gone.
 pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
     let mut batch: Vec<Op> = Vec::with_capacity(limits.max_ops);
     let mut generation = 0u64;
+    let mut discarding: VecDeque<Discarding> = VecDeque::new();
     loop {
-        if shared.db().is_err() && !reopen(&shared, &rx, &mut generation) {
-            return;
+        if shared.db().is_err() {
+            // Staged parts may be gone with the reopen; drop_unfinished at the
+            // next open takes whatever is left.
+            discarding.clear();
+            if !reopen(&shared, &rx, &mut generation) {
+                return;
+            }
         }
-        let Ok(first) = rx.recv() else { return };
-        batch.push(first);
-        let mut bytes = batch[0].kind.bytes();
+        // With discards pending, work on them whenever no op is waiting.
+        let first = if discarding.is_empty() {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(_) => return,
+            }
+        } else {
+            match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(TryRecvError::Empty) => None,
+                Err(TryRecvError::Disconnected) => return,
+            }
+        };
+        let mut bytes = 0;
+        if let Some(first) = first {
+            bytes = first.kind.bytes();
+            batch.push(first);
+        }
         while batch.len() < limits.max_ops && bytes < limits.max_bytes {
             match rx.try_recv() {
                 Ok(op) => {
@@ -127,8 +164,10 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        let before = discarding.clone();
         let result = match shared.db() {
-            Ok(db) => apply(&db, &batch, generation).map_err(|e| {
+            Ok(db) => apply(&db, &batch, generation, &mut discarding).map_err(|e| {
+                discarding = before; // nothing of the batch was committed
                 if needs_reopen(&e) {
                     shared.broken(&e.to_string());
                 }
@@ -194,7 +233,12 @@ fn needs_reopen(e: &redb::Error) -> bool {
     matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
 }
 
-fn apply(db: &Database, batch: &[Op], generation: u64) -> Result<(), redb::Error> {
+fn apply(
+    db: &Database,
+    batch: &[Op],
+    generation: u64,
+    discarding: &mut VecDeque<Discarding>,
+) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     if !batch.iter().any(|op| op.kind.is_durable()) {
         txn.set_durability(Durability::None)?;
@@ -236,12 +280,11 @@ fn apply(db: &Database, batch: &[Op], generation: u64) -> Result<(), redb::Error
                     }
                     insert_parts(&mut bodies, *id, *first_part, data)?;
                 }
-                OpKind::Discard { id, parts } => {
-                    staging.remove(id)?;
-                    for part in 0..*parts {
-                        bodies.remove((*id, part))?;
-                    }
-                }
+                OpKind::Discard { id, parts } => discarding.push_back(Discarding {
+                    id: *id,
+                    next: 0,
+                    end: *parts,
+                }),
                 OpKind::Update { id, meta: m } => {
                     meta.insert(id, m.as_slice())?;
                 }
@@ -255,6 +298,22 @@ fn apply(db: &Database, batch: &[Op], generation: u64) -> Result<(), redb::Error
                     settings.insert(*key, *value)?;
                 }
                 OpKind::Shutdown => {}
+            }
+        }
+        let mut budget = DISCARD_PARTS_PER_BATCH;
+        while budget > 0 {
+            let Some(d) = discarding.front_mut() else {
+                break;
+            };
+            let until = d.end.min(d.next + budget);
+            for part in d.next..until {
+                bodies.remove((d.id, part))?;
+            }
+            budget -= until - d.next;
+            d.next = until;
+            if d.next == d.end {
+                staging.remove(d.id)?;
+                discarding.pop_front();
             }
         }
     }

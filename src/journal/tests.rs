@@ -273,3 +273,33 @@ async fn low_free_space_refuses_new_mail() {
     assert!(j.readiness().unwrap_err().contains("452 4.3.1"));
     j.close().await;
 }
+
+/// A large dropped message is removed over several commits, whatever comes in
+/// meanwhile, until nothing of it is left.
+#[tokio::test]
+async fn large_discards_are_spread_and_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(&Options::new(dir.path(), 1 << 30)).unwrap();
+    for _ in 0..3 {
+        let mut spool = j.spool(j.next_id());
+        for piece in body(2_000_000).chunks(STAGE_BYTES) {
+            spool.buf().extend_from_slice(piece);
+            spool.flush().await.unwrap();
+        }
+        drop(spool);
+    }
+    let small = record(&j, 10);
+    j.enqueue(&small, body(10)).await.unwrap();
+    assert_eq!(j.body(small.id).unwrap().unwrap(), body(10));
+    let mut left = count_parts(&j);
+    for _ in 0..1000 {
+        if left == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        left = count_parts(&j);
+    }
+    assert_eq!(left, 1, "only the small message's part remains");
+    assert_eq!(j.live_bytes(), 10);
+    j.close().await;
+}

@@ -177,6 +177,14 @@ impl Session {
             E::SyntaxError { syntax } => {
                 Reply::new(501, "5.5.4", format!("Syntax error, expected: {syntax}"))
             }
+            // smtp-proto refuses SIZE values that saturate its number parser,
+            // which are well-formed (RFC 1870 allows 20 digits), just too big.
+            E::InvalidParameter { param: "SIZE" }
+                if params::check(raw, params::MAIL_PARAMS)
+                    .is_ok_and(|s| s.is_some_and(|n| n > self.ctx.max_message_size)) =>
+            {
+                Reply::SIZE_EXCEEDED
+            }
             E::InvalidParameter { param } => {
                 Reply::new(501, "5.5.4", format!("Invalid value for parameter {param}"))
             }
