@@ -105,6 +105,14 @@ impl Relay {
         let (_, body) = self.http("GET", "/metrics").await;
         metric_value(&body, name).unwrap_or_else(|| panic!("metric {name} not found in\n{body}"))
     }
+
+    /// Like [`Relay::metric`], but 0 for a series not exported yet (a labelled
+    /// counter such as `breakwater_smtp_rejections_total{reason="rate"}`
+    /// appears only once it was first counted).
+    pub async fn counter(&self, name: &str) -> f64 {
+        let (_, body) = self.http("GET", "/metrics").await;
+        metric_value(&body, name).unwrap_or(0.0)
+    }
 }
 
 impl Drop for Relay {
