@@ -126,6 +126,7 @@ struct Script {
     rcpt_replies: Vec<(String, String)>,
     data_reply: String,
     data_delay: Duration,
+    rcpt_delay: Duration,
     drop_after_data: bool,
 }
 
@@ -137,6 +138,7 @@ impl Default for Script {
             rcpt_replies: Vec::new(),
             data_reply: DEFAULT_DATA_REPLY.to_string(),
             data_delay: Duration::ZERO,
+            rcpt_delay: Duration::ZERO,
             drop_after_data: false,
         }
     }
@@ -344,6 +346,11 @@ impl Backend {
     /// Waits this long before replying to the end of data (slow backend).
     pub fn set_data_delay(&self, delay: Duration) {
         lock(&self.shared).script.data_delay = delay;
+    }
+
+    /// Waits this long before replying to each RCPT (a slow recipient lookup).
+    pub fn set_rcpt_delay(&self, delay: Duration) {
+        lock(&self.shared).script.rcpt_delay = delay;
     }
 
     /// When true, the backend closes the connection right after the end of
@@ -633,7 +640,14 @@ impl Session {
                 self.reply(&format!("250 {HOSTNAME}"));
             }
             "MAIL" => self.mail(arg),
-            "RCPT" => self.rcpt(arg),
+            "RCPT" => {
+                let delay = lock(&self.shared).script.rcpt_delay;
+                if !delay.is_zero() {
+                    self.flush(stream).await?;
+                    tokio::time::sleep(delay).await;
+                }
+                self.rcpt(arg);
+            }
             "DATA" => {
                 if !arg.is_empty() {
                     self.reply("501 5.5.4 DATA takes no argument");
