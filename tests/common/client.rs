@@ -343,6 +343,28 @@ impl Client {
         false
     }
 
+    /// Waits up to `wait` for the server to send a complete line, keeping what
+    /// arrives for [`Client::read_reply`]: true once a line is buffered, false
+    /// on timeout, EOF or a read error. For pacing slow writers without sleeping.
+    pub async fn line_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        let mut tmp = [0u8; 4096];
+        for _ in 0..MAX_READS {
+            if self.buf.contains(&b'\n') {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match tokio::time::timeout(left, self.stream.read(&mut tmp)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return false,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        false
+    }
+
     async fn read_reply_inner(&mut self) -> Result<Reply, String> {
         let deadline = Instant::now() + IO_TIMEOUT;
         let mut code = 0u16;

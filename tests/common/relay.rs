@@ -23,13 +23,17 @@ pub struct Relay {
 
 /// The config text for a relay in `dir` relaying `example.com` to `backends`
 /// (priority = position). `extra` is appended: whole sections such as
-/// `[smtp]`, `[delivery]` (default here: retry = ["1s"]), `[health]` (default
-/// here: interval = "200ms") or more `[[backend]]`s.
+/// `[smtp]`, `[relay]` (default here: domains = ["example.com"]), `[delivery]`
+/// (default here: retry = ["1s"]), `[health]` (default here: interval =
+/// "200ms") or more `[[backend]]`s.
 pub fn config_text(dir: &Path, backends: &[SocketAddr], extra: &str) -> String {
     let mut t = format!(
-        "hostname = \"relay.test\"\n[journal]\npath = {:?}\n[relay]\ndomains = [\"example.com\"]\n",
+        "hostname = \"relay.test\"\n[journal]\npath = {:?}\n",
         dir.display().to_string()
     );
+    if !extra.contains("[relay]") {
+        t.push_str("[relay]\ndomains = [\"example.com\"]\n");
+    }
     for (i, b) in backends.iter().enumerate() {
         t.push_str(&format!(
             "[[backend]]\nname = \"b{i}\"\naddress = \"{b}\"\npriority = {}\nconnect_timeout = \"2s\"\ncommand_timeout = \"10s\"\n",
@@ -116,6 +120,14 @@ impl Relay {
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.http("GET", "/metrics").await;
         metric_value(&body, name).unwrap_or_else(|| panic!("metric {name} not found in\n{body}"))
+    }
+
+    /// Like [`Relay::metric`], but 0 for a series not exported yet (a labelled
+    /// counter such as `breakwater_smtp_rejections_total{reason="rate"}`
+    /// appears only once it was first counted).
+    pub async fn counter(&self, name: &str) -> f64 {
+        let (_, body) = self.http("GET", "/metrics").await;
+        metric_value(&body, name).unwrap_or(0.0)
     }
 }
 

@@ -109,6 +109,16 @@ impl Daemon {
         self.child.as_ref().expect("child running").id()
     }
 
+    /// A value in KiB from /proc/PID/status, e.g. `VmRSS` (resident now) or
+    /// `VmHWM` (the peak resident size so far).
+    pub fn status_kib(&self, key: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("read /proc/PID/status");
+        let line = status.lines().find(|l| l.starts_with(key)).expect(key);
+        let kib = line.split_whitespace().nth(1).and_then(|v| v.parse().ok());
+        kib.unwrap_or_else(|| panic!("no number of kB in {line:?}"))
+    }
+
     /// Everything the child wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
