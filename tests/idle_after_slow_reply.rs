@@ -16,7 +16,6 @@ const WAIT: Duration = Duration::from_secs(10);
 const LOOKUP: Duration = Duration::from_millis(1500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: the idle deadline starts when a command arrives, so a reply slower than idle_timeout is followed by 421 4.4.2"]
 async fn a_slow_reply_does_not_use_up_the_clients_idle_time() {
     let mut backend = Backend::start().await;
     let mut relay = Relay::start(&[backend.addr()], EXTRA).await;

@@ -19,7 +19,6 @@ const TOO_BIG: &[&str] = &[
 ];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: SIZE values that saturate to usize::MAX in smtp-proto get 501 5.5.4, not 552 5.3.4"]
 async fn every_oversized_size_gets_552() {
     let mut backend = Backend::start().await;
     let mut relay = Relay::start(&[backend.addr()], EXTRA).await;

@@ -309,6 +309,9 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &m
         {
             return end;
         }
+        // The client's time for its next line starts now, after our answer to
+        // the last one (a slow probe or commit is not the client's idleness).
+        io.start_record();
         // Between BDAT chunks the message's deadline still runs.
         io.data_deadline =
             s.tx.as_ref()
