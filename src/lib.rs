@@ -21,6 +21,8 @@ pub mod journal;
 pub mod schedule;
 pub mod shutdown;
 pub mod smtp;
+#[cfg(test)]
+mod testkit;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -11,17 +11,8 @@ use std::time::Duration;
 // Every refusal counts against smtp.max_errors; this session makes many.
 const EXTRA: &str = "[smtp]\nmax_errors = 1000\n";
 const WAIT: Duration = Duration::from_secs(10);
-const SEQUENCES: &[&[u8]] = &[
-    b"\n.\n",
-    b"\n.\r\n",
-    b"\r.\r",
-    b"\r\n.\r",
-    b"\r.\r\n",
-    b"\n.\r\r\n",
-    b"\r\n.\r\r\n",
-    b"\r\r\n.\r\r\n",
-    b"\r\n\x00.\r\n",
-];
+/// The smuggling sequences the issue names (`\n.\n`, `\r\n.\r\r\n`, ...).
+const SEQUENCES: &[&[u8]] = breakwater::smtp::data::SMUGGLING;
 const COVER: &[u8] = b"Subject: cover\r\n\r\ncover text";
 const SMUGGLED: &[u8] = b"MAIL FROM:<evil@client.test>\r\nRCPT TO:<victim@example.com>\r\n\
     DATA\r\nSubject: smuggled\r\n\r\nevil\r\n";

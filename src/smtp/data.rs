@@ -12,6 +12,23 @@
 //! CR keeps that state, so `CR LF . CR CR LF` ended DATA there and what followed
 //! in the same write was read as a second transaction (SMTP smuggling).
 
+/// The fake ends of DATA that SMTP smuggling uses (SEC Consult, 2023, and
+/// the variants found since): a server that takes any of them for the end of
+/// the message, while the next hop does not, lets a second message through.
+/// None of them ends DATA here; each leaves a bare CR, bare LF or NUL, so the
+/// message is refused (`550 5.6.0`). For tests and fuzzing seeds.
+pub const SMUGGLING: &[&[u8]] = &[
+    b"\n.\n",
+    b"\n.\r\n",
+    b"\r.\r",
+    b"\r\n.\r",
+    b"\r.\r\n",
+    b"\n.\r\r\n",
+    b"\r\n.\r\r\n",
+    b"\r\r\n.\r\r\n",
+    b"\r\n\x00.\r\n",
+];
+
 /// Where a DATA body is between two calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -317,22 +334,12 @@ pub fn reference_check(msg: &[u8]) -> (Defects, usize) {
 mod tests {
     use super::*;
 
-    /// Every smuggling sequence the issue names, plus the plain ones.
-    const ENDINGS: &[&[u8]] = &[
-        b"\n.\n",
-        b"\n.\r\n",
-        b"\r.\r",
-        b"\r\n.\r",
-        b"\r.\r\n",
-        b"\n.\r\r\n",
-        b"\r\n.\r\r\n",
-        b"\r\r\n.\r\r\n",
-        b"\r\n\x00.\r\n",
-        b"\r\n.\n",
-        b"\r\n.\x00\r\n",
-        b"\r\n..\r\n",
-        b"\r\n.\r\n",
-    ];
+    /// More fake endings, and the plain ones, beside [`SMUGGLING`].
+    const MORE_ENDINGS: &[&[u8]] = &[b"\r\n.\n", b"\r\n.\x00\r\n", b"\r\n..\r\n", b"\r\n.\r\n"];
+
+    fn endings() -> impl Iterator<Item = &'static &'static [u8]> {
+        SMUGGLING.iter().chain(MORE_ENDINGS)
+    }
 
     const SMUGGLED: &[u8] = b"MAIL FROM:<evil@client.test>\r\nRCPT TO:<victim@example.com>\r\n\
         DATA\r\nSubject: smuggled\r\n\r\nevil\r\n";
@@ -371,7 +378,7 @@ mod tests {
 
     #[test]
     fn smuggling_sequences_at_every_single_and_double_split() {
-        for ending in ENDINGS {
+        for ending in endings() {
             let input = [b"Subject: x\r\n\r\na", *ending, SMUGGLED, b"b\r\n.\r\n"].concat();
             assert_matches_reference(&input, &[]);
             for a in 0..=input.len() {
@@ -393,7 +400,7 @@ mod tests {
 
     #[test]
     fn smuggling_sequences_never_end_early() {
-        for ending in ENDINGS {
+        for ending in endings() {
             let input = [b"a", *ending, SMUGGLED, b"b\r\n.\r\n"].concat();
             let (msg, n) = reference_data(&input).unwrap();
             if *ending == b"\r\n.\r\n" {
@@ -438,30 +445,14 @@ mod tests {
     #[test]
     fn random_inputs_match_the_reference_under_random_splits() {
         let tokens: &[&[u8]] = &[b"\r", b"\n", b".", b"\0", b"a", b"Received:", b"\r\n"];
-        let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::testkit::Random::new(0x9E37_79B9_7F4A_7C15);
         for _ in 0..20_000 {
-            let input: Vec<u8> = (0..next() % 16)
-                .flat_map(|_| {
-                    tokens[(next() % tokens.len() as u64) as usize]
-                        .iter()
-                        .copied()
-                })
-                .collect();
-            let len = input.len();
-            let mut cuts: Vec<usize> = (0..(next() % 4))
-                .map(|_| (next() as usize) % (len + 1))
-                .collect();
-            cuts.sort_unstable();
+            let input = rng.tokens(tokens, 15);
+            let cuts = rng.cuts(input.len(), 3);
             assert_matches_reference(&input, &cuts);
             if let Some((msg, _)) = reference_data(&input) {
                 let mut check = BodyCheck::new();
-                for piece in msg.chunks(1 + (next() % 5) as usize) {
+                for piece in msg.chunks(1 + rng.below(5)) {
                     check.feed(piece);
                 }
                 let (want, received) = reference_check(&msg);

@@ -152,26 +152,11 @@ fn lines_around_998() {
 #[test]
 fn random_inputs_match_the_reference_under_random_splits() {
     let tokens: &[&[u8]] = &[b"\r", b"\n", b".", b"a", b"bcdefg", b"\r\n", b"\r\n.", b" "];
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut rng = crate::testkit::Random::new(0x2545_F491_4F6C_DD1D);
     for _ in 0..20_000 {
-        let input: Vec<u8> = (0..next() % 24)
-            .flat_map(|_| {
-                tokens[(next() % tokens.len() as u64) as usize]
-                    .iter()
-                    .copied()
-            })
-            .collect();
-        let limit = [0, 1, 2, 3, 5, 8, 78][(next() % 7) as usize];
-        let mut cuts: Vec<usize> = (0..next() % 5)
-            .map(|_| next() as usize % (input.len() + 1))
-            .collect();
-        cuts.sort_unstable();
+        let input = rng.tokens(tokens, 23);
+        let limit = [0, 1, 2, 3, 5, 8, 78][rng.below(7)];
+        let cuts = rng.cuts(input.len(), 4);
         for mode in [Mode::Bdat, Mode::Data] {
             check(mode, limit, &input, &cuts);
         }
