@@ -108,6 +108,8 @@ replies! {
     CHUNK_TOO_BIG = 552 "5.3.4" "BDAT chunk exceeds the maximum message size, closing connection";
     /// Bare CR or LF in DATA (SMTP smuggling defence).
     BARE_LINE_ENDING = 550 "5.6.0" "Bare CR or LF in message; lines must end with CRLF (RFC 5321 2.3.8)";
+    /// `DATA` ending in a bare LF: the message would start mid-line.
+    DATA_BARE_LF = 500 "5.5.2" "Bare LF after DATA; the command must end with CRLF (RFC 5321 2.3.8)";
     /// NUL in the message (some servers downstream end lines or strings at NUL).
     NUL_IN_MESSAGE = 550 "5.6.0" "NUL character in message is not accepted";
     /// More `Received:` headers than `smtp.max_received_headers`.

@@ -143,6 +143,10 @@ impl Session {
             Request::Helo { host } => Next::Reply(self.on_helo(&host)),
             Request::Mail { from } => Next::Reply(self.on_mail(from, raw)),
             Request::Rcpt { to } => self.on_rcpt(to, raw),
+            // Other commands may end in a bare LF, as Postfix allows by default;
+            // DATA may not: the message starts right after it, and only
+            // CR LF . CR LF may end it, counting the CR LF of the DATA line.
+            Request::Data if !raw.ends_with(b"\r\n") => Next::Reply(Reply::DATA_BARE_LF),
             Request::Data => self.on_data(),
             Request::Bdat {
                 chunk_size,
