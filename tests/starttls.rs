@@ -20,6 +20,7 @@ async fn starttls_delivers_with_esmtps_and_clear_text_still_works() {
     let mut c = Client::connect(relay.smtp).await;
     let ehlo = c.ehlo("client.test").await;
     assert!(ehlo.has_capability("STARTTLS"), "{ehlo}");
+    c.cmd("STARTTLS now", "501 5.5.4").await; // RFC 3207: no parameters
     c.starttls(&cert.connector(), "relay.test").await.unwrap();
     c.cmd("MAIL FROM:<s@client.test>", "503 5.5.1").await; // EHLO again first
     let ehlo = c.ehlo("client.test").await;

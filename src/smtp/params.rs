@@ -83,6 +83,13 @@ fn after_path(raw: &[u8]) -> &[u8] {
     &[]
 }
 
+/// True if `raw` is a verb alone: nothing but white space after the first word
+/// (STARTTLS, DATA, QUIT take no parameters; smtp-proto ignores any given).
+pub fn is_bare(raw: &[u8]) -> bool {
+    let line = raw.trim_ascii();
+    !line.iter().any(|b| b.is_ascii_whitespace())
+}
+
 /// A parsed `BDAT size [LAST]` line, or `None` if `raw` is not a BDAT command.
 /// A size too large for `u64` reads as `u64::MAX` (the caller refuses it).
 pub fn bdat(raw: &[u8]) -> Option<Result<(u64, bool), Reply>> {
@@ -154,6 +161,14 @@ mod tests {
             rcpt("RCPT TO:<a@example.com> SIZE=1\r\n").unwrap_err().code,
             555
         );
+    }
+
+    #[test]
+    fn bare_verbs() {
+        assert!(is_bare(b"STARTTLS\r\n"));
+        assert!(is_bare(b"starttls \r\n"));
+        assert!(!is_bare(b"STARTTLS +0000\r\n"));
+        assert!(!is_bare(b"STARTTLS x\n"));
     }
 
     #[test]

@@ -160,6 +160,11 @@ impl Session {
             Request::Vrfy { .. } => Next::Reply(Reply::CANNOT_VRFY),
             Request::Help { .. } => Next::Reply(Reply::HELP),
             Request::Quit => Next::Close(Reply::BYE),
+            Request::StartTls if !params::is_bare(raw) => Next::Reply(Reply::new(
+                501,
+                "5.5.4",
+                "Syntax: STARTTLS (no parameters allowed, RFC 3207)",
+            )),
             Request::StartTls => self.on_starttls(),
             Request::Lhlo { .. } => Next::Reply(Reply::UNKNOWN_COMMAND),
             _ => Next::Reply(Reply::NOT_IMPLEMENTED),
