@@ -86,6 +86,13 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
     }
 });
 
+/// `BW_FUZZ_TRACE=1` prints what the client read (to see what an input does).
+static TRACE: LazyLock<bool> = LazyLock::new(|| std::env::var_os("BW_FUZZ_TRACE").is_some());
+
+/// `BW_FUZZ_STRICT=1`: no allowance for the known defect of
+/// `regressions/session-lf-data-dot-crlf` (see README.md).
+static STRICT: LazyLock<bool> = LazyLock::new(|| std::env::var_os("BW_FUZZ_STRICT").is_some());
+
 /// What the client read: in clear text, and inside TLS if it got there.
 struct Transcript {
     plain: Vec<u8>,
@@ -98,11 +105,20 @@ fuzz_target!(|data: &[u8]| {
     let t =
         h.rt.block_on(async { tokio::time::timeout(HANG, converse(h, &cuts, input)).await })
             .unwrap_or_else(|_| panic!("the session did not end within {HANG:?}"));
+    if *TRACE {
+        eprintln!("clear text:\n{}", String::from_utf8_lossy(&t.plain));
+        if let Some(tls) = &t.tls {
+            eprintln!("inside TLS:\n{}", String::from_utf8_lossy(tls));
+        }
+    }
     let mut queued = replies(&t.plain, true, true);
     if let Some(tls) = &t.tls {
         queued += replies(tls, false, false);
     }
-    let ends = count(input, b"\r\n.\r\n") + count(input, b"LAST");
+    let mut ends = count(input, b"\r\n.\r\n") + count(input, b"LAST");
+    if !*STRICT {
+        ends += bare_lf_data_ends(input);
+    }
     assert!(
         queued <= ends,
         "{queued} messages queued from an input with {ends} end markers"
@@ -209,6 +225,26 @@ async fn read_until(rd: &mut (impl AsyncRead + Unpin), out: &mut Vec<u8>, needle
             Ok(n) => out.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// Known defect (fuzz/README.md, finding 1): a `DATA` command line ended by
+/// a bare LF, then `.` CR LF, ends an empty message, although that input has
+/// no CR LF . CR LF. Counts those places, so the bound can allow for them.
+fn bare_lf_data_ends(input: &[u8]) -> usize {
+    (0..input.len())
+        .filter(|&i| input[i..].starts_with(b"\n.\r\n") && (i == 0 || input[i - 1] != b'\r'))
+        .filter(|&i| {
+            let start = input[..i]
+                .iter()
+                .rposition(|&b| b == b'\n')
+                .map_or(0, |j| j + 1);
+            let line = &input[start..=i];
+            matches!(
+                smtp_proto::Request::parse(&mut line.iter()),
+                Ok(smtp_proto::Request::Data)
+            )
+        })
+        .count()
 }
 
 /// Where the first `STARTTLS` command line ends (just past its `\n`).
