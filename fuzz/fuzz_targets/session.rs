@@ -247,15 +247,16 @@ fn bare_lf_data_ends(input: &[u8]) -> usize {
         .count()
 }
 
-/// Where the first `STARTTLS` command line ends (just past its `\n`).
+/// Where the first line that the session reads as `STARTTLS` ends (just past
+/// its `\n`). The parser's verdict, not the text: smtp-proto takes
+/// `STARTTLS` with arguments too (`regressions/session-starttls-argument`).
 fn starttls_end(input: &[u8]) -> Option<usize> {
-    let mut start = 0;
+    let mut end = 0;
     for line in input.split_inclusive(|&b| b == b'\n') {
-        start += line.len();
-        let bare = line.strip_suffix(b"\n").unwrap_or(line);
-        let bare = bare.strip_suffix(b"\r").unwrap_or(bare);
-        if line.ends_with(b"\n") && bare.eq_ignore_ascii_case(b"STARTTLS") {
-            return Some(start);
+        end += line.len();
+        let parsed = smtp_proto::Request::parse(&mut line.iter());
+        if line.ends_with(b"\n") && matches!(parsed, Ok(smtp_proto::Request::StartTls)) {
+            return Some(end);
         }
     }
     None
