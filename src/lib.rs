@@ -16,6 +16,9 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod journal;
 pub mod schedule;
