@@ -13,7 +13,7 @@
 set -uo pipefail
 cd "$(dirname "$0")"
 secs=${1:-60}
-targets=${TARGETS:-command_parser data_receiver bdat_receiver session}
+targets=${TARGETS:-command_parser data_receiver bdat_receiver outbound_encoder session}
 export RUSTC_BOOTSTRAP=1
 mkdir -p logs
 

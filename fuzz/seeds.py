@@ -140,7 +140,26 @@ def command_parser():
     write(t, "all", b"".join(lines))
 
 
+def outbound_encoder():
+    t = "outbound_encoder"
+    # payload: a limit selector byte, then the stored message
+    long_line = b"x" * 2000
+    messages = {
+        "plain": MESSAGE,
+        "leading-dots": b".\r\n..\r\n.x\r\n",
+        "long-line": b"Subject: long\r\n\r\n" + long_line + b"\r\n",
+        "long-header": b"X-Long: " + b"y" * 1500 + b"\r\n\r\nbody\r\n",
+        "no-final-crlf": b"Subject: bdat\r\n\r\nno end",
+        "lone-cr-lf": b"a\rb\nc\r\n",
+        "empty": b"",
+    }
+    for name, msg in messages.items():
+        for k, limit in enumerate((0, 6, 5)):  # off, 998, 78
+            write(t, "%s-%d" % (name, k), header((128,)) + bytes([limit]) + msg)
+
+
 if __name__ == "__main__":
+    outbound_encoder()
     session()
     data_receiver()
     bdat_receiver()

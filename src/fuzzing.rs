@@ -3,7 +3,7 @@
 //! metrics, health monitor and dispatcher, STARTTLS), without listeners, so a
 //! fuzz target can drive [`smtp::connection::serve`] over an in-memory stream.
 
-use crate::{Error, admin, config, delivery, health, journal, shutdown, smtp};
+use crate::{Error, config, smtp};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -54,52 +54,11 @@ timeout = "1s"
     config::Config::parse(&text)
 }
 
-/// Builds the context every session shares, as [`crate::run`] does: opens the
-/// journal, starts the health monitor and the dispatcher on the current tokio
-/// runtime (so call it inside one that outlives the context), loads the TLS
-/// certificate. Recipients: everyone in the relay domains.
+/// Builds the context every session shares, exactly as [`crate::run`] does
+/// ([`crate::wire`]): opens the journal, starts the health monitor and the
+/// dispatcher on the current tokio runtime (so call it inside one that
+/// outlives the context), loads the TLS certificate.
 pub fn context(config: config::Config) -> Result<Arc<smtp::Context>, Error> {
-    let config = Arc::new(config);
-    let tls = match &config.smtp.tls {
-        Some(t) => Some(Arc::new(smtp::tls::Tls::load(t)?)),
-        None => None,
-    };
-    let mut opts = journal::Options::new(&config.journal.path, config.journal.max_bytes);
-    opts.min_free_bytes = config.journal.min_free_bytes;
-    let (journal, recovered) = journal::Journal::open(&opts)?;
-    let metrics = Arc::new(admin::metrics::Metrics::new());
-    let health = Arc::new(health::Health::new(
-        &config.backend,
-        &config.health,
-        metrics.clone(),
-    ));
-    let stop = shutdown::Shutdown::new();
-    let (queue, dispatcher) = delivery::dispatcher(
-        &config,
-        journal.clone(),
-        health.clone(),
-        metrics.clone(),
-        recovered,
-    )?;
-    tokio::spawn(health::monitor(
-        health,
-        config.backend.clone(),
-        config.health.clone(),
-        config.hostname.clone(),
-        stop.token.clone(),
-    ));
-    tokio::spawn(dispatcher.run(stop.token.clone(), config.delivery.shutdown_grace.0));
-    Ok(Arc::new(smtp::Context {
-        hostname: config.hostname.clone(),
-        max_message_size: config.smtp.max_message_size,
-        max_recipients: config.smtp.max_recipients,
-        idle_timeout: config.smtp.idle_timeout.0,
-        config: config.clone(),
-        journal,
-        queue,
-        metrics,
-        shutdown: stop.token,
-        tls,
-        recipients: smtp::recipients::Recipients::everyone(),
-    }))
+    // Nothing ever cancels the shutdown token: the context serves until exit.
+    Ok(crate::wire(config)?.ctx)
 }

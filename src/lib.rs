@@ -78,15 +78,16 @@ pub enum Error {
     Recipients(String),
 }
 
-/// Runs the relay until `shutdown` resolves, then stops accepting, answers
-/// `421 4.3.0` to open sessions, lets in-flight deliveries finish within
-/// `delivery.shutdown_grace`, and closes the journal. SIGHUP re-reads the
-/// STARTTLS certificate and the recipient list.
-pub async fn run(
-    config: config::Config,
-    listeners: Listeners,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), Error> {
+/// The running parts every session and the admin API share, wired by [`wire`].
+pub(crate) struct Wired {
+    pub ctx: Arc<smtp::Context>,
+    pub stop: shutdown::Shutdown,
+    pub dispatch: tokio::task::JoinHandle<()>,
+}
+
+/// Loads the TLS certificate, opens the journal, starts the health monitor and
+/// the dispatcher on the current runtime, and builds the sessions' context.
+pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
     let config = Arc::new(config);
     let tls = match &config.smtp.tls {
         Some(t) => Some(Arc::new(smtp::tls::Tls::load(t)?)),
@@ -103,7 +104,6 @@ pub async fn run(
         metrics.clone(),
     ));
     let stop = shutdown::Shutdown::new();
-    let grace = config.delivery.shutdown_grace.0;
     let (queue, dispatcher) = delivery::dispatcher(
         &config,
         journal.clone(),
@@ -118,8 +118,8 @@ pub async fn run(
         config.hostname.clone(),
         stop.token.clone(),
     ));
+    let grace = config.delivery.shutdown_grace.0;
     let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
-
     let recipients = smtp::recipients::Recipients::new(&config, queue.gate().clone())
         .map_err(Error::Recipients)?;
     let ctx = Arc::new(smtp::Context {
@@ -127,14 +127,37 @@ pub async fn run(
         max_message_size: config.smtp.max_message_size,
         max_recipients: config.smtp.max_recipients,
         idle_timeout: config.smtp.idle_timeout.0,
-        config: config.clone(),
-        journal: journal.clone(),
-        queue: queue.clone(),
-        metrics: metrics.clone(),
+        config,
+        journal,
+        queue,
+        metrics,
         shutdown: stop.token.clone(),
         tls,
         recipients,
     });
+    Ok(Wired {
+        ctx,
+        stop,
+        dispatch,
+    })
+}
+
+/// Runs the relay until `shutdown` resolves, then stops accepting, answers
+/// `421 4.3.0` to open sessions, lets in-flight deliveries finish within
+/// `delivery.shutdown_grace`, and closes the journal. SIGHUP re-reads the
+/// STARTTLS certificate and the recipient list.
+pub async fn run(
+    config: config::Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let Wired {
+        ctx,
+        stop,
+        dispatch,
+    } = wire(config)?;
+    let config = ctx.config.clone();
+    let grace = config.delivery.shutdown_grace.0;
     tokio::spawn(reload_on_hangup(ctx.clone()));
     let max_connections =
         smtp::listener::fit_connections(config.smtp.max_connections, descriptors_reserved(&config));
@@ -152,9 +175,9 @@ pub async fn run(
             tracing::info!("admin listening on http://{addr}");
         }
         let state = Arc::new(admin::State {
-            metrics: metrics.clone(),
-            journal: journal.clone(),
-            queue,
+            metrics: ctx.metrics.clone(),
+            journal: ctx.journal.clone(),
+            queue: ctx.queue.clone(),
             shutdown: stop.token.clone(),
         });
         tokio::spawn(admin::serve(l, state));
@@ -174,7 +197,7 @@ pub async fn run(
         tracing::warn!("sessions still open after {grace:?}; closing them");
     }
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), dispatch).await;
-    journal.close().await;
+    ctx.journal.close().await;
     tracing::info!("journal closed; bye");
     Ok(())
 }

@@ -89,10 +89,6 @@ static HARNESS: LazyLock<Harness> = LazyLock::new(|| {
 /// `BW_FUZZ_TRACE=1` prints what the client read (to see what an input does).
 static TRACE: LazyLock<bool> = LazyLock::new(|| std::env::var_os("BW_FUZZ_TRACE").is_some());
 
-/// `BW_FUZZ_STRICT=1`: no allowance for the known defect of
-/// `regressions/session-lf-data-dot-crlf` (see README.md).
-static STRICT: LazyLock<bool> = LazyLock::new(|| std::env::var_os("BW_FUZZ_STRICT").is_some());
-
 /// What the client read: in clear text, and inside TLS if it got there.
 struct Transcript {
     plain: Vec<u8>,
@@ -115,10 +111,7 @@ fuzz_target!(|data: &[u8]| {
     if let Some(tls) = &t.tls {
         queued += replies(tls, false, false);
     }
-    let mut ends = count(input, b"\r\n.\r\n") + count(input, b"LAST");
-    if !*STRICT {
-        ends += bare_lf_data_ends(input);
-    }
+    let ends = count(input, b"\r\n.\r\n") + count(input, b"LAST");
     assert!(
         queued <= ends,
         "{queued} messages queued from an input with {ends} end markers"
@@ -227,35 +220,18 @@ async fn read_until(rd: &mut (impl AsyncRead + Unpin), out: &mut Vec<u8>, needle
     }
 }
 
-/// Known defect (fuzz/README.md, finding 1): a `DATA` command line ended by
-/// a bare LF, then `.` CR LF, ends an empty message, although that input has
-/// no CR LF . CR LF. Counts those places, so the bound can allow for them.
-fn bare_lf_data_ends(input: &[u8]) -> usize {
-    (0..input.len())
-        .filter(|&i| input[i..].starts_with(b"\n.\r\n") && (i == 0 || input[i - 1] != b'\r'))
-        .filter(|&i| {
-            let start = input[..i]
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |j| j + 1);
-            let line = &input[start..=i];
-            matches!(
-                smtp_proto::Request::parse(&mut line.iter()),
-                Ok(smtp_proto::Request::Data)
-            )
-        })
-        .count()
-}
-
-/// Where the first line that the session reads as `STARTTLS` ends (just past
-/// its `\n`). The parser's verdict, not the text: smtp-proto takes
-/// `STARTTLS` with arguments too (`regressions/session-starttls-argument`).
+/// Where the first line that the session takes as `STARTTLS` ends (just past
+/// its `\n`): the parser's verdict, and no parameters (those get 501; see
+/// `regressions/session-starttls-argument`).
 fn starttls_end(input: &[u8]) -> Option<usize> {
     let mut end = 0;
     for line in input.split_inclusive(|&b| b == b'\n') {
         end += line.len();
         let parsed = smtp_proto::Request::parse(&mut line.iter());
-        if line.ends_with(b"\n") && matches!(parsed, Ok(smtp_proto::Request::StartTls)) {
+        if line.ends_with(b"\n")
+            && matches!(parsed, Ok(smtp_proto::Request::StartTls))
+            && breakwater::smtp::params::is_bare(line)
+        {
             return Some(end);
         }
     }
