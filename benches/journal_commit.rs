@@ -38,6 +38,7 @@ fn record(j: &Journal) -> Record {
         held: false,
         bounce: false,
         delay_warned: false,
+        history: Vec::new(),
     }
 }
 

@@ -122,6 +122,9 @@ pub struct Config {
     /// Admin HTTP endpoint.
     #[serde(default)]
     pub admin: Admin,
+    /// Logging.
+    #[serde(default)]
+    pub log: Log,
 }
 
 fn default_hostname() -> String {
@@ -527,6 +530,9 @@ pub struct Admin {
     /// `host:port` of the admin HTTP listener.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// A file holding the bearer token every `/api` call must carry.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
 }
 
 fn default_admin_listen() -> String {
@@ -537,8 +543,51 @@ impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: default_admin_listen(),
+            token_file: None,
         }
     }
+}
+
+impl Admin {
+    /// The token in `token_file` (surrounding white space removed), if set.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        let Some(path) = &self.token_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(format!("{} is empty", path.display()));
+        }
+        if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(format!(
+                "{} must hold one token without spaces",
+                path.display()
+            ));
+        }
+        Ok(Some(token.to_owned()))
+    }
+}
+
+/// `[log]`: how log lines look.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Log {
+    /// `text` (default) or `json`; levels come from `RUST_LOG`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+/// `log.format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Config {
@@ -636,6 +685,9 @@ impl Config {
                 "admin.listen",
                 format!("{:?} is not ip:port", self.admin.listen),
             );
+        }
+        if let Err(e) = self.admin.token() {
+            p.add("admin.token_file", e);
         }
         p.0
     }

@@ -98,6 +98,9 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
     opts.min_free_bytes = config.journal.min_free_bytes;
     let (journal, recovered) = journal::Journal::open(&opts)?;
     let metrics = Arc::new(admin::metrics::Metrics::new());
+    metrics
+        .config_last_reload_success
+        .set(chrono::Utc::now().timestamp());
     let health = Arc::new(health::Health::new(
         &config.backend,
         &config.health,
@@ -174,11 +177,21 @@ pub async fn run(
         if let Ok(addr) = l.local_addr() {
             tracing::info!("admin listening on http://{addr}");
         }
+        let reload_ctx = ctx.clone();
         let state = Arc::new(admin::State {
             metrics: ctx.metrics.clone(),
             journal: ctx.journal.clone(),
             queue: ctx.queue.clone(),
             shutdown: stop.token.clone(),
+            token: std::sync::RwLock::new(config.admin.token().unwrap_or_default()),
+            backends: std::sync::RwLock::new(
+                config
+                    .backend
+                    .iter()
+                    .map(|b| (b.name.clone(), b.address.clone()))
+                    .collect(),
+            ),
+            reload: Box::new(move || reload(&reload_ctx)),
         });
         tokio::spawn(admin::serve(l, state));
     }
@@ -213,9 +226,8 @@ fn descriptors_reserved(config: &config::Config) -> usize {
     128 + backends + config.delivery.concurrency + 32
 }
 
-/// On SIGHUP: re-reads the STARTTLS certificate and `relay.recipients`,
-/// without touching sessions or deliveries. A file that does not load is
-/// refused and the one in use stays.
+/// On SIGHUP: [`reload`]. Without a handler SIGHUP's default action would
+/// end the relay (`systemctl reload`, a habit from Postfix).
 async fn reload_on_hangup(ctx: Arc<smtp::Context>) {
     use tokio::signal::unix::{SignalKind, signal};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
@@ -227,16 +239,36 @@ async fn reload_on_hangup(ctx: Arc<smtp::Context>) {
             _ = hup.recv() => {}
             _ = ctx.shutdown.cancelled() => return,
         }
-        tracing::info!("SIGHUP: reloading the TLS certificate and the recipient list");
-        if let Some(tls) = &ctx.tls {
-            match tls.reload() {
-                Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(e) => tracing::error!("TLS certificate not reloaded, the old one stays: {e}"),
+        tracing::info!("SIGHUP: reloading");
+        let _ = reload(&ctx);
+    }
+}
+
+/// Re-reads the STARTTLS certificate and `relay.recipients`, without touching
+/// sessions or deliveries. A file that does not load is refused and the one in
+/// use stays; the failure is logged and counted.
+fn reload(ctx: &smtp::Context) -> Result<String, String> {
+    let mut failures = Vec::new();
+    if let Some(tls) = &ctx.tls {
+        match tls.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!("TLS certificate not reloaded, the old one stays: {e}");
+                failures.push(format!("smtp.tls: {e}"));
             }
         }
-        match ctx.recipients.reload() {
-            Ok(()) => {}
-            Err(e) => tracing::error!("recipient list not reloaded, the old one stays: {e}"),
-        }
+    }
+    if let Err(e) = ctx.recipients.reload() {
+        tracing::error!("recipient list not reloaded, the old one stays: {e}");
+        failures.push(format!("relay.recipients: {e}"));
+    }
+    if failures.is_empty() {
+        ctx.metrics
+            .config_last_reload_success
+            .set(chrono::Utc::now().timestamp());
+        Ok("reloaded the STARTTLS certificate and the recipient list".into())
+    } else {
+        ctx.metrics.config_reload_failures.inc();
+        Err(failures.join("; "))
     }
 }

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "breakwater",
@@ -24,6 +26,9 @@ enum Command {
         /// Configuration file.
         #[arg(long, short)]
         config: PathBuf,
+        /// Log format, overriding `log.format`: text or json.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
     },
     /// Check a configuration file; print every problem with its key path.
     CheckConfig {
@@ -31,26 +36,43 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Talk to a running relay's admin API.
+    /// Backends (up or down, in a window), the gate, queue depth and oldest age.
+    Status {
+        #[command(flatten)]
+        daemon: cli::Daemon,
+    },
+    /// See and steer the queue (like postqueue and postsuper).
     Queue {
         #[command(subcommand)]
-        verb: QueueVerb,
-        /// Admin API base URL.
-        #[arg(long, global = true, default_value = "http://127.0.0.1:9925")]
-        admin: String,
+        verb: cli::QueueVerb,
+        #[command(flatten)]
+        daemon: cli::Daemon,
+    },
+    /// Ad-hoc quiet-time windows (declared maintenance), beside the configured ones.
+    Quiet {
+        #[command(subcommand)]
+        verb: cli::QuietVerb,
+        #[command(flatten)]
+        daemon: cli::Daemon,
     },
 }
 
-#[derive(Subcommand)]
-enum QueueVerb {
-    /// Make every deferred message due now.
-    Flush,
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            // Help and version go to stdout with 0; a usage error is exit 1
+            // (2 means "daemon unreachable" in the CLI contract).
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
-        Command::Run { config } => run(&config),
+        Command::Run { config, log_format } => run(&config, log_format.as_deref()),
         Command::CheckConfig { config } => match load(&config) {
             Some(_) => {
                 println!("{}: ok", config.display());
@@ -58,7 +80,9 @@ fn main() -> ExitCode {
             }
             None => ExitCode::from(1),
         },
-        Command::Queue { verb, admin } => queue(verb, &admin),
+        Command::Status { daemon } => cli::status(&daemon),
+        Command::Queue { verb, daemon } => cli::queue(verb, &daemon),
+        Command::Quiet { verb, daemon } => cli::quiet(verb, &daemon),
     }
 }
 
@@ -80,19 +104,26 @@ fn load(path: &std::path::Path) -> Option<Config> {
     }
 }
 
-fn run(path: &std::path::Path) -> ExitCode {
+fn run(path: &std::path::Path, log_format: Option<&str>) -> ExitCode {
     let Some(config) = load(path) else {
         return ExitCode::from(1);
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+    let json = match log_format {
+        Some(f) => f == "json",
+        None => config.log.format == config::LogFormat::Json,
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().with_current_span(false).init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,54 +158,4 @@ fn run(path: &std::path::Path) -> ExitCode {
             ExitCode::from(1)
         }
     }
-}
-
-fn queue(verb: QueueVerb, admin: &str) -> ExitCode {
-    let (method, path) = match verb {
-        QueueVerb::Flush => ("POST", "/api/queue/flush"),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build();
-    let Ok(rt) = rt else {
-        return ExitCode::from(1);
-    };
-    match rt.block_on(http(method, admin, path)) {
-        Ok((status, body)) if (200..300).contains(&status) => {
-            print!("{body}");
-            ExitCode::SUCCESS
-        }
-        Ok((status, body)) => {
-            eprintln!("admin API answered {status}: {body}");
-            ExitCode::from(1)
-        }
-        Err(e) => {
-            eprintln!("cannot reach the daemon at {admin}: {e:#}");
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 request to the admin API.
-async fn http(method: &str, base: &str, path: &str) -> anyhow::Result<(u16, String)> {
-    use http_body_util::{BodyExt, Empty};
-    let authority = base
-        .strip_prefix("http://")
-        .context("--admin must be an http:// URL")?
-        .trim_end_matches('/');
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("connect {authority}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", authority)
-        .body(Empty::<bytes::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

@@ -113,6 +113,49 @@ impl Window {
         }
     }
 
+    /// A one-off window from `from` (inclusive) to `until` (exclusive), for
+    /// `backends` (empty: all): an ad-hoc window declared from the CLI.
+    pub fn one_off(
+        name: &str,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        backends: Vec<String>,
+    ) -> Window {
+        Window {
+            name: name.to_owned(),
+            backends,
+            span: Span::OneOff { from, until },
+        }
+    }
+
+    /// The backends it applies to (empty: all).
+    pub fn backends(&self) -> &[String] {
+        &self.backends
+    }
+
+    /// What it covers, for people: `recurring` or the one-off's bounds.
+    pub fn describe(&self) -> String {
+        match &self.span {
+            Span::Recurring(r) => format!(
+                "recurring {}-{} {}",
+                r.start.format("%H:%M"),
+                r.end.format("%H:%M"),
+                r.tz
+            ),
+            Span::OneOff { from, until } => {
+                format!("{} to {}", from.to_rfc3339(), until.to_rfc3339())
+            }
+        }
+    }
+
+    /// The end of a one-off window (`None` for a recurring one).
+    pub fn until(&self) -> Option<DateTime<Utc>> {
+        match &self.span {
+            Span::OneOff { until, .. } => Some(*until),
+            Span::Recurring(_) => None,
+        }
+    }
+
     /// The window's name, for logs.
     pub fn name(&self) -> &str {
         &self.name
@@ -202,6 +245,11 @@ impl QuietTime {
     /// True if there are no windows.
     pub fn is_empty(&self) -> bool {
         self.windows.is_empty()
+    }
+
+    /// The windows.
+    pub fn windows(&self) -> &[Window] {
+        &self.windows
     }
 }
 

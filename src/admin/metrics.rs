@@ -1,7 +1,20 @@
 //! The Prometheus metrics of DESIGN.md's contract. Names are a contract: extend,
 //! never rename.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use crate::delivery::stats::Snapshot;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+/// `Content-Type` of `/metrics` (the text exposition format, version 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// `breakwater_delivery_duration_seconds` buckets: 1 s to 5 days.
+const DURATION_BUCKETS: [f64; 16] = [
+    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
+    86400.0, 172800.0, 432000.0,
+];
 
 /// Every metric the relay exports, registered in its own registry (so two relays
 /// can run in one test process).
@@ -31,6 +44,16 @@ pub struct Metrics {
     pub smtp_rejections: IntCounterVec,
     /// `breakwater_tls_sessions_total{version}`
     pub tls_sessions: IntCounterVec,
+    /// `breakwater_queue_messages{state}`: due, deferred, held, in_flight
+    pub queue_messages: IntGaugeVec,
+    /// `breakwater_delivery_duration_seconds`: arrival to final delivery
+    pub delivery_duration: Histogram,
+    /// `breakwater_messages_deleted_total`
+    pub messages_deleted: IntCounter,
+    /// `breakwater_config_reload_failures_total`
+    pub config_reload_failures: IntCounter,
+    /// `breakwater_config_last_reload_success_timestamp_seconds`
+    pub config_last_reload_success: IntGauge,
 }
 
 /// Why the SMTP edge refused something (`breakwater_smtp_rejections_total{reason}`).
@@ -136,9 +159,62 @@ impl Metrics {
             "Inbound sessions that completed STARTTLS, by TLS version",
             "version",
         );
+        let queue_messages = IntGaugeVec::new(
+            Opts::new(
+                "breakwater_queue_messages",
+                "Messages in the queue by state: due, deferred, held, in_flight",
+            ),
+            &["state"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(queue_messages.clone()))
+            .expect("unique metric");
+        let delivery_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "breakwater_delivery_duration_seconds",
+                "Time from arrival to final delivery, per message",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_duration.clone()))
+            .expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "breakwater_build_info",
+                "1, labelled with the version running",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for state in ["due", "deferred", "held", "in_flight"] {
+            queue_messages.with_label_values(&[state]).set(0);
+        }
         Metrics {
             smtp_rejections,
             tls_sessions,
+            queue_messages,
+            delivery_duration,
+            messages_deleted: counter(
+                "breakwater_messages_deleted_total",
+                "Messages removed by an admin (breakwater queue delete)",
+            ),
+            config_reload_failures: counter(
+                "breakwater_config_reload_failures_total",
+                "Config reloads refused (SIGHUP or POST /api/reload); the running config stays",
+            ),
+            config_last_reload_success: gauge(
+                "breakwater_config_last_reload_success_timestamp_seconds",
+                "When the config was last loaded successfully (start or reload), Unix seconds",
+            ),
             queue_depth: gauge(
                 "breakwater_queue_depth",
                 "Messages in the journal not yet fully delivered",
@@ -182,6 +258,23 @@ impl Metrics {
         self.delivery_attempts
             .with_label_values(&[backend, result])
             .inc();
+    }
+
+    /// Sets the queue gauges from the dispatcher's counts, the age as of `now_ms`.
+    pub fn refresh_queue(&self, s: &Snapshot, now_ms: u64) {
+        self.queue_depth.set(s.depth as i64);
+        self.queue_oldest_age_seconds
+            .set(s.oldest_age_seconds(now_ms) as i64);
+        for (state, n) in [
+            ("due", s.due),
+            ("deferred", s.deferred),
+            ("held", s.held),
+            ("in_flight", s.in_flight),
+        ] {
+            self.queue_messages
+                .with_label_values(&[state])
+                .set(n as i64);
+        }
     }
 
     /// Counts one refusal at the SMTP edge.

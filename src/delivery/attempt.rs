@@ -8,7 +8,7 @@ use super::dispatcher::Shared;
 use super::drain::Signal;
 use super::notices;
 use super::outcome::Outcome;
-use crate::journal::{QueueId, RcptState, Record};
+use crate::journal::{AttemptLog, BackendReply, QueueId, RcptState, Record};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -103,7 +103,32 @@ fn apply(shared: &Shared, record: &mut Record, result: &Attempt) -> Vec<usize> {
         };
     }
     record.next_attempt_ms = next_ms;
+    record.log_attempt(summary(shared.clock.now_ms(), result));
     relayed
+}
+
+/// The history entry of an attempt.
+fn summary(at_ms: u64, result: &Attempt) -> AttemptLog {
+    let count = |label| {
+        result
+            .outcomes
+            .iter()
+            .filter(|(_, o)| o.label() == label)
+            .count() as u32
+    };
+    let decisive = result
+        .outcomes
+        .iter()
+        .find(|(_, o)| !matches!(o, Outcome::Delivered(_)))
+        .or(result.outcomes.first());
+    AttemptLog {
+        at_ms,
+        backend: result.backend.clone(),
+        delivered: count("delivered"),
+        deferred: count("deferred"),
+        failed: count("failed"),
+        reply: decisive.map(|(_, o)| o.reply().clone()),
+    }
 }
 
 /// Fails every open recipient of a message older than `lifetime_ms` at `now_ms`
@@ -120,7 +145,11 @@ pub(crate) fn expire(record: &mut Record, now_ms: u64, lifetime_ms: u64) -> bool
             _ => String::new(),
         };
         r.state = RcptState::Failed {
-            reply: format!("451 4.4.7 message expired after delivery.max_queue_lifetime{last}"),
+            reply: BackendReply::new(
+                451,
+                "4.4.7",
+                format!("message expired after delivery.max_queue_lifetime{last}"),
+            ),
         };
     }
     true
@@ -178,6 +207,14 @@ pub(crate) async fn commit_state(shared: &Shared, record: Record) -> (Record, St
                     .all(|r| matches!(r.state, RcptState::Delivered { .. }));
                 if delivered {
                     shared.metrics.messages_delivered.inc();
+                    let took = shared
+                        .clock
+                        .now_ms()
+                        .saturating_sub(record.envelope.arrived_ms);
+                    shared
+                        .metrics
+                        .delivery_duration
+                        .observe(took as f64 / 1000.0);
                 }
                 let how = if delivered {
                     "delivered to all recipients"
@@ -278,6 +315,7 @@ mod tests {
             held: false,
             bounce: false,
             delay_warned: false,
+            history: Vec::new(),
         };
         let deferred = || RcptState::Deferred {
             reply: "451 4.3.0 later".into(),
@@ -302,7 +340,7 @@ mod tests {
             if want {
                 assert!(r.rcpts.iter().all(|x| !x.state.is_open()));
                 assert!(r.rcpts.iter().any(
-                    |x| matches!(&x.state, RcptState::Failed { reply } if reply.contains("4.4.7"))
+                    |x| matches!(&x.state, RcptState::Failed { reply } if reply.enhanced == "4.4.7")
                 ));
             }
         }

@@ -426,10 +426,13 @@ async fn transaction(
     // whole message before sending it.
     let size = usize::try_from(record.size).unwrap_or(usize::MAX);
     if conn.caps & EXT_SIZE != 0 && conn.size_limit > 0 && size > conn.size_limit {
-        return Ok(all(Outcome::Failed(format!(
-            "552 5.3.4 message size {size} exceeds backend limit {}",
-            conn.size_limit
-        ))));
+        return Ok(all(Outcome::Failed(
+            format!(
+                "552 5.3.4 message size {size} exceeds backend limit {}",
+                conn.size_limit
+            )
+            .into(),
+        )));
     }
     let mut cmds = vec![mail_command(conn.caps, record, size)];
     cmds.extend(

@@ -11,7 +11,8 @@ use super::drain::Drain;
 use super::gate::Gate;
 use super::lane::Lane;
 use super::retry::RetryPolicy;
-use super::{Event, Status};
+use super::stats::{QueueStats, Snapshot};
+use super::{Event, QueueError, Status};
 use crate::admin::metrics::Metrics;
 use crate::journal::{Journal, QueueId, Record};
 use std::collections::{BTreeSet, HashMap};
@@ -66,6 +67,7 @@ pub(crate) struct Shared {
     pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
+    pub stats: Arc<QueueStats>,
 }
 
 /// The scheduling actor.
@@ -252,6 +254,7 @@ impl Dispatcher {
                 self.make_all_due("flush");
             }
             Event::Reopen(why) => self.reopen_if_opened(false, why),
+            Event::Wake => {}
             Event::HoldMessage { id, held, done } => {
                 let result = match self.hold_message(id, held) {
                     // Saved here, before any attempt can start on it, so a stale
@@ -261,10 +264,20 @@ impl Dispatcher {
                         .journal
                         .save(&r)
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| QueueError::Storage(e.to_string())),
                     Err(e) => Err(e),
                 };
                 let _ = done.send(result);
+            }
+            Event::FlushMessage { id, done } => {
+                let result = self.flush_message(id);
+                if result.is_ok() {
+                    self.shared.gate.health().reset_all_up();
+                }
+                let _ = done.send(result);
+            }
+            Event::Delete { id, reason, done } => {
+                let _ = done.send(self.delete(id, &reason).await);
             }
             Event::Done(report) => self.finished(report),
         }
@@ -318,14 +331,65 @@ impl Dispatcher {
         }
     }
 
+    /// Why a message that is not among the idle records cannot be changed.
+    fn not_idle(&self, id: QueueId) -> QueueError {
+        if self.all.contains(&id) {
+            QueueError::Conflict(format!("{id} is being delivered right now; try again"))
+        } else {
+            QueueError::NotFound(format!("{id} is not in the queue"))
+        }
+    }
+
+    /// Makes one message due now (`breakwater queue flush ID`).
+    fn flush_message(&mut self, id: QueueId) -> Result<(), QueueError> {
+        let now = self.shared.clock.now_ms();
+        let Some(r) = self.records.get_mut(&id) else {
+            return Err(self.not_idle(id));
+        };
+        if r.held {
+            return Err(QueueError::Conflict(format!(
+                "{id} is held; release it to deliver it"
+            )));
+        }
+        let (bounce, due) = (r.bounce, r.next_attempt_ms);
+        r.next_attempt_ms = 0;
+        let lane = self.lane(bounce);
+        lane.remove(id, due);
+        lane.file(id, 0, now);
+        tracing::info!("{id} flushed: due now");
+        Ok(())
+    }
+
+    /// Removes one message for good (`breakwater queue delete ID`).
+    async fn delete(&mut self, id: QueueId, reason: &str) -> Result<(), QueueError> {
+        let Some(r) = self.records.remove(&id) else {
+            return Err(self.not_idle(id));
+        };
+        self.lane(r.bounce).remove(id, r.next_attempt_ms);
+        match self.shared.journal.remove(&r).await {
+            Ok(()) => {
+                self.all.remove(&id);
+                self.shared.metrics.messages_deleted.inc();
+                let open = r.rcpts.iter().filter(|x| x.state.is_open()).count();
+                tracing::warn!(
+                    "{id} deleted by admin: from=<{}> recipients={} undelivered={open} reason=\"{}\"",
+                    r.envelope.mail_from,
+                    r.rcpts.len(),
+                    reason.replace(['\r', '\n', '"'], " ")
+                );
+                Ok(())
+            }
+            Err(e) => {
+                self.file(r);
+                Err(QueueError::Storage(e.to_string()))
+            }
+        }
+    }
+
     /// Holds or releases one message. Returns the record to persist, or why not.
-    fn hold_message(&mut self, id: QueueId, held: bool) -> Result<Record, String> {
+    fn hold_message(&mut self, id: QueueId, held: bool) -> Result<Record, QueueError> {
         let Some(mut r) = self.records.remove(&id) else {
-            return Err(if self.all.contains(&id) {
-                format!("{id} is being delivered right now; try again")
-            } else {
-                format!("{id} is not in the queue")
-            });
+            return Err(self.not_idle(id));
         };
         self.lane(r.bounce).remove(id, r.next_attempt_ms);
         r.held = held;
@@ -432,7 +496,9 @@ impl Dispatcher {
         }
         let bounce = self.bounces.next_due();
         let mail = if !self.shared.gate.is_open() {
-            None
+            // Nothing starts, but the counts of due and deferred messages
+            // change when a retry time passes.
+            self.mail.next_due()
         } else if self.mail.ready_len() > 0 {
             return self.drain.next_start();
         } else {
@@ -454,14 +520,23 @@ impl Dispatcher {
         )
     }
 
+    /// Publishes the queue's counts (the admin API computes ages from them
+    /// when it is asked) and sets the gauges.
     fn update_gauges(&self) {
-        let m = &self.shared.metrics;
-        m.queue_depth.set(self.all.len() as i64);
-        let age = self.all.first().map_or(0, |id| {
-            let arrived_ms = id.0 / 1000;
-            self.shared.clock.now_ms().saturating_sub(arrived_ms) / 1000
-        });
-        m.queue_oldest_age_seconds.set(age as i64);
+        let due = (self.mail.ready_len() + self.bounces.ready_len()) as u64;
+        let deferred = (self.mail.waiting_len() + self.bounces.waiting_len()) as u64;
+        let snapshot = Snapshot {
+            depth: self.all.len() as u64,
+            oldest: self.all.first().copied(),
+            due,
+            deferred,
+            held: (self.records.len() as u64).saturating_sub(due + deferred),
+            in_flight: self.in_flight as u64,
+        };
+        self.shared.stats.publish(snapshot);
+        self.shared
+            .metrics
+            .refresh_queue(&snapshot, self.shared.clock.now_ms());
     }
 
     async fn finish_in_flight(&mut self, grace: Duration) {

@@ -3,7 +3,7 @@
 //! outlived `delivery.max_queue_lifetime`, and the "relayed" notice for
 //! NOTIFY=SUCCESS through a backend that cannot pass DSN requests on.
 
-use crate::journal::Record;
+use crate::journal::{BackendReply, Record};
 use chrono::{DateTime, Utc};
 use std::fmt::Write as _;
 
@@ -38,29 +38,9 @@ pub struct Entry {
     /// Failed or relayed.
     pub action: Action,
     /// The SMTP reply that decided it, e.g. `550 5.1.1 no such user`.
-    pub reply: String,
+    pub reply: BackendReply,
     /// The backend that answered, if one did.
     pub remote_mta: Option<String>,
-}
-
-/// The enhanced status code of a reply (`550 5.1.1 ...` -> `5.1.1`), or the
-/// reply class (`550 no` -> `5.0.0`).
-pub fn status_of(reply: &str) -> String {
-    let mut words = reply.split_whitespace();
-    let code = words.next().unwrap_or("");
-    if let Some(esc) = words.next()
-        && esc.split('.').count() == 3
-        && esc
-            .split('.')
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
-        return esc.to_owned();
-    }
-    match code.as_bytes().first() {
-        Some(b'2') => "2.0.0".into(),
-        Some(b'4') => "4.0.0".into(),
-        _ => "5.0.0".into(),
-    }
 }
 
 /// Builds the whole notification message (headers and body, CRLF line ends).
@@ -175,16 +155,12 @@ fn status_part(m: &mut String, boundary: &str, hostname: &str, record: &Record, 
             m,
             "Action: {}\r\nStatus: {}\r\n",
             e.action.as_str(),
-            status_of(&e.reply)
+            e.reply.status()
         );
         if let Some(mta) = &e.remote_mta {
             let _ = write!(m, "Remote-MTA: dns; {mta}\r\n");
         }
-        let _ = write!(
-            m,
-            "Diagnostic-Code: smtp; {}\r\n",
-            e.reply.replace(['\r', '\n'], " ")
-        );
+        let _ = write!(m, "Diagnostic-Code: smtp; {}\r\n", e.reply);
     }
     m.push_str("\r\n");
 }
@@ -233,6 +209,7 @@ mod tests {
             held: false,
             bounce: false,
             delay_warned: false,
+            history: Vec::new(),
         }
     }
 
@@ -245,7 +222,7 @@ mod tests {
             ("452 x.y.z nonsense", "4.0.0"),
             ("", "5.0.0"),
         ] {
-            assert_eq!(status_of(reply), want, "{reply}");
+            assert_eq!(BackendReply::parse(reply).status(), want, "{reply}");
         }
     }
 

@@ -6,19 +6,39 @@
 use super::dispatcher::Clock;
 use crate::admin::metrics::Metrics;
 use crate::health::Health;
-use crate::schedule::QuietTime;
+use crate::schedule::{QuietTime, Window};
 use chrono::{DateTime, Utc};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
-/// Health + quiet time + queue hold.
+/// Health + quiet time (configured and ad-hoc windows) + queue hold.
 pub struct Gate {
     health: Arc<Health>,
-    quiet: QuietTime,
+    /// The `[[quiet_time]]` windows of the running config.
+    quiet: RwLock<QuietTime>,
+    /// Windows declared with `breakwater quiet start` (persisted by the caller).
+    adhoc: RwLock<Vec<Window>>,
     held: AtomicBool,
-    backends: Vec<String>,
+    backends: RwLock<Vec<String>>,
     clock: Clock,
     metrics: Arc<Metrics>,
+}
+
+/// A quiet-time window as `quiet list` shows it.
+#[derive(Debug, Clone)]
+pub struct WindowInfo {
+    /// Its name.
+    pub name: String,
+    /// `config` or `adhoc`.
+    pub source: &'static str,
+    /// Active now.
+    pub active: bool,
+    /// Backends it applies to (empty: all).
+    pub backends: Vec<String>,
+    /// What it covers.
+    pub span: String,
+    /// When it next starts or ends.
+    pub next_change: Option<DateTime<Utc>>,
 }
 
 impl Gate {
@@ -33,9 +53,10 @@ impl Gate {
     ) -> Gate {
         let g = Gate {
             health,
-            quiet,
+            quiet: RwLock::new(quiet),
+            adhoc: RwLock::new(Vec::new()),
             held: AtomicBool::new(held),
-            backends,
+            backends: RwLock::new(backends),
             clock,
             metrics,
         };
@@ -50,14 +71,106 @@ impl Gate {
 
     /// True if an attempt may go to `backend` now.
     pub fn is_open_for(&self, backend: &str) -> bool {
-        !self.is_held()
-            && self.health.is_up(backend)
-            && self.quiet.active_for(backend, self.now()).is_empty()
+        !self.is_held() && self.health.is_up(backend) && !self.in_window(backend)
+    }
+
+    /// True if a quiet-time window (configured or ad-hoc) covers `backend` now.
+    pub fn in_window(&self, backend: &str) -> bool {
+        !self.windows_for(backend).is_empty()
+    }
+
+    /// Names of the windows covering `backend` now.
+    pub fn windows_for(&self, backend: &str) -> Vec<String> {
+        let now = self.now();
+        let quiet = self.quiet.read().expect("quiet lock");
+        let adhoc = self.adhoc.read().expect("adhoc lock");
+        quiet
+            .windows()
+            .iter()
+            .chain(adhoc.iter())
+            .filter(|w| w.applies_to(backend) && w.contains(now))
+            .map(|w| w.name().to_owned())
+            .collect()
     }
 
     /// True if some backend may take mail now.
     pub fn is_open(&self) -> bool {
-        self.backends.iter().any(|b| self.is_open_for(b))
+        let names = self.backends.read().expect("backends lock").clone();
+        names.iter().any(|b| self.is_open_for(b))
+    }
+
+    /// The backend names, in config order.
+    pub fn backend_names(&self) -> Vec<String> {
+        self.backends.read().expect("backends lock").clone()
+    }
+
+    /// Takes the windows and backend names of a reloaded config.
+    pub fn reconfigure(&self, quiet: QuietTime, backends: Vec<String>) {
+        *self.quiet.write().expect("quiet lock") = quiet;
+        *self.backends.write().expect("backends lock") = backends;
+        self.update_metric();
+    }
+
+    /// Adds or replaces (same name) an ad-hoc window.
+    pub fn set_adhoc(&self, w: Window) {
+        let mut adhoc = self.adhoc.write().expect("adhoc lock");
+        adhoc.retain(|x| x.name() != w.name());
+        adhoc.push(w);
+        drop(adhoc);
+        self.update_metric();
+    }
+
+    /// Removes an ad-hoc window; false if there was none of that name.
+    pub fn remove_adhoc(&self, name: &str) -> bool {
+        let mut adhoc = self.adhoc.write().expect("adhoc lock");
+        let before = adhoc.len();
+        adhoc.retain(|x| x.name() != name);
+        let removed = adhoc.len() != before;
+        drop(adhoc);
+        self.update_metric();
+        removed
+    }
+
+    /// True if an ad-hoc window of that name exists.
+    pub fn has_adhoc(&self, name: &str) -> bool {
+        self.adhoc
+            .read()
+            .expect("adhoc lock")
+            .iter()
+            .any(|w| w.name() == name)
+    }
+
+    /// Ad-hoc windows that have ended by now (to forget).
+    pub fn ended_adhoc(&self) -> Vec<String> {
+        let now = self.now();
+        self.adhoc
+            .read()
+            .expect("adhoc lock")
+            .iter()
+            .filter(|w| w.until().is_some_and(|u| u <= now))
+            .map(|w| w.name().to_owned())
+            .collect()
+    }
+
+    /// Every window, configured first, with its state now.
+    pub fn windows(&self) -> Vec<WindowInfo> {
+        let now = self.now();
+        let info = |w: &Window, source| WindowInfo {
+            name: w.name().to_owned(),
+            source,
+            active: w.contains(now),
+            backends: w.backends().to_vec(),
+            span: w.describe(),
+            next_change: w.next_change(now),
+        };
+        let quiet = self.quiet.read().expect("quiet lock");
+        let adhoc = self.adhoc.read().expect("adhoc lock");
+        quiet
+            .windows()
+            .iter()
+            .map(|w| info(w, "config"))
+            .chain(adhoc.iter().map(|w| info(w, "adhoc")))
+            .collect()
     }
 
     /// True while the whole queue is held by an admin.
@@ -73,12 +186,29 @@ impl Gate {
 
     /// The next instant a quiet-time window starts or ends, if any.
     pub fn next_quiet_change(&self) -> Option<DateTime<Utc>> {
-        self.quiet.next_change(self.now())
+        let now = self.now();
+        let configured = self.quiet.read().expect("quiet lock").next_change(now);
+        let adhoc = self
+            .adhoc
+            .read()
+            .expect("adhoc lock")
+            .iter()
+            .filter_map(|w| w.next_change(now))
+            .min();
+        configured.into_iter().chain(adhoc).min()
     }
 
     /// Refreshes `breakwater_quiet_time_active` (any window or a queue hold).
     pub fn update_metric(&self) {
-        let active = self.is_held() || self.quiet.any_active(self.now());
+        let now = self.now();
+        let active = self.is_held()
+            || self.quiet.read().expect("quiet lock").any_active(now)
+            || self
+                .adhoc
+                .read()
+                .expect("adhoc lock")
+                .iter()
+                .any(|w| w.contains(now));
         self.metrics.quiet_time_active.set(active as i64);
     }
 

@@ -58,6 +58,11 @@ impl Lane {
         self.ready.len()
     }
 
+    /// How many wait for their retry time.
+    pub fn waiting_len(&self) -> usize {
+        self.waiting.len()
+    }
+
     /// When the first waiting message is due.
     pub fn next_due(&self) -> Option<u64> {
         self.waiting.first().map(|&(due, _)| due)

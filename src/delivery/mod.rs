@@ -15,6 +15,7 @@ pub mod mx;
 mod notices;
 pub mod outcome;
 pub mod retry;
+pub mod stats;
 pub mod tls;
 mod transfer;
 
@@ -35,11 +36,24 @@ pub(crate) enum Event {
     Flush,
     /// Something opened the gate (queue released): the backlog goes now.
     Reopen(&'static str),
+    /// Something the loop's timers depend on changed (an ad-hoc window).
+    Wake,
     /// Hold (`held = true`) or release one message; answered once persisted.
     HoldMessage {
         id: QueueId,
         held: bool,
-        done: oneshot::Sender<Result<(), String>>,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
+    /// Make one message due now.
+    FlushMessage {
+        id: QueueId,
+        done: oneshot::Sender<Result<(), QueueError>>,
+    },
+    /// Remove one message for good.
+    Delete {
+        id: QueueId,
+        reason: String,
+        done: oneshot::Sender<Result<(), QueueError>>,
     },
     /// An attempt finished; the report carries the record's new state.
     Done(attempt::Report),
@@ -58,8 +72,51 @@ pub(crate) enum Status {
     Unsaved,
 }
 
+/// Why an admin request on one message failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QueueError {
+    /// No such message.
+    #[error("{0}")]
+    NotFound(String),
+    /// Not now (being delivered, held ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// Bad input (an unknown backend, a window in the past ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// The journal refused the change.
+    #[error("journal: {0}")]
+    Storage(String),
+}
+
 /// Journal setting that persists the whole-queue hold.
 const QUEUE_HELD: &str = "queue_held";
+
+/// Journal documents holding the ad-hoc quiet windows: `quiet/NAME`.
+const QUIET_PREFIX: &str = "quiet/";
+
+/// An ad-hoc quiet window as the journal keeps it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct AdHocWindow {
+    name: String,
+    from_ms: i64,
+    until_ms: i64,
+    #[serde(default)]
+    backends: Vec<String>,
+}
+
+impl AdHocWindow {
+    fn window(&self) -> Option<crate::schedule::Window> {
+        let from = chrono::DateTime::from_timestamp_millis(self.from_ms)?;
+        let until = chrono::DateTime::from_timestamp_millis(self.until_ms)?;
+        Some(crate::schedule::Window::one_off(
+            &self.name,
+            from,
+            until,
+            self.backends.clone(),
+        ))
+    }
+}
 
 /// Handle for telling the dispatcher about new messages and admin requests.
 #[derive(Clone)]
@@ -67,6 +124,7 @@ pub struct Queue {
     tx: mpsc::UnboundedSender<Event>,
     journal: Journal,
     gate: Arc<gate::Gate>,
+    stats: Arc<stats::QueueStats>,
 }
 
 impl Queue {
@@ -100,13 +158,136 @@ impl Queue {
     }
 
     /// Holds (`true`) or releases one message, persisted in its journal record.
-    pub async fn set_message_held(&self, id: QueueId, held: bool) -> Result<(), String> {
-        let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Event::HoldMessage { id, held, done })
-            .map_err(|_| "dispatcher stopped".to_string())?;
-        rx.await.map_err(|_| "dispatcher stopped".to_string())?
+    pub async fn set_message_held(&self, id: QueueId, held: bool) -> Result<(), QueueError> {
+        self.ask(|done| Event::HoldMessage { id, held, done }).await
     }
+
+    /// Makes one message due now and gives down backends another chance.
+    pub async fn flush_message(&self, id: QueueId) -> Result<(), QueueError> {
+        self.ask(|done| Event::FlushMessage { id, done }).await
+    }
+
+    /// Removes one message for good; logged with `reason` and counted.
+    pub async fn delete(&self, id: QueueId, reason: String) -> Result<(), QueueError> {
+        self.ask(|done| Event::Delete { id, reason, done }).await
+    }
+
+    async fn ask(
+        &self,
+        event: impl FnOnce(oneshot::Sender<Result<(), QueueError>>) -> Event,
+    ) -> Result<(), QueueError> {
+        let stopped = || QueueError::Conflict("the dispatcher has stopped".into());
+        let (done, rx) = oneshot::channel();
+        self.tx.send(event(done)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// The dispatcher's latest counts.
+    pub fn stats(&self) -> stats::Snapshot {
+        self.stats.read()
+    }
+
+    /// Starts (or replaces) an ad-hoc quiet window `name` from now until
+    /// `until`, for `backends` (empty: all). Persisted in the journal before it
+    /// takes effect, so it survives restarts and crashes.
+    pub async fn quiet_start(
+        &self,
+        name: &str,
+        until: chrono::DateTime<chrono::Utc>,
+        backends: Vec<String>,
+    ) -> Result<(), QueueError> {
+        let name = name.trim();
+        if name.is_empty() || name.len() > 200 || name.contains(['/', '\r', '\n']) {
+            return Err(QueueError::Invalid(
+                "a window name must be 1 to 200 characters, without '/' or line breaks".into(),
+            ));
+        }
+        let now = self.gate.now();
+        if until <= now {
+            return Err(QueueError::Invalid(format!(
+                "the window would end at {}, which is not in the future",
+                until.to_rfc3339()
+            )));
+        }
+        let known = self.gate.backend_names();
+        if let Some(b) = backends.iter().find(|b| !known.contains(b)) {
+            return Err(QueueError::Invalid(format!(
+                "no backend named {b:?} (backends: {})",
+                known.join(", ")
+            )));
+        }
+        let w = AdHocWindow {
+            name: name.to_owned(),
+            from_ms: now.timestamp_millis(),
+            until_ms: until.timestamp_millis(),
+            backends,
+        };
+        let window = w
+            .window()
+            .ok_or_else(|| QueueError::Invalid("time out of range".into()))?;
+        let doc = serde_json::to_vec(&w).map_err(|e| QueueError::Storage(e.to_string()))?;
+        self.journal
+            .set_document(format!("{QUIET_PREFIX}{name}"), Some(doc))
+            .await
+            .map_err(|e| QueueError::Storage(e.to_string()))?;
+        self.gate.set_adhoc(window);
+        tracing::info!(
+            "quiet window {name:?} started until {} for {}",
+            until.to_rfc3339(),
+            if w.backends.is_empty() {
+                "all backends".to_owned()
+            } else {
+                w.backends.join(", ")
+            }
+        );
+        let _ = self.tx.send(Event::Wake);
+        Ok(())
+    }
+
+    /// Ends an ad-hoc quiet window early; the backlog goes now.
+    pub async fn quiet_stop(&self, name: &str) -> Result<(), QueueError> {
+        if !self.gate.has_adhoc(name) {
+            return Err(QueueError::NotFound(format!(
+                "no ad-hoc quiet window named {name:?} (windows from the config file end only by editing it)"
+            )));
+        }
+        self.journal
+            .set_document(format!("{QUIET_PREFIX}{name}"), None)
+            .await
+            .map_err(|e| QueueError::Storage(e.to_string()))?;
+        self.gate.remove_adhoc(name);
+        tracing::info!("quiet window {name:?} stopped");
+        let _ = self.tx.send(Event::Reopen("quiet window stopped"));
+        Ok(())
+    }
+
+    /// Forgets ad-hoc windows that have ended (their documents too).
+    pub async fn forget_ended_windows(&self) {
+        for name in self.gate.ended_adhoc() {
+            if self
+                .journal
+                .set_document(format!("{QUIET_PREFIX}{name}"), None)
+                .await
+                .is_ok()
+            {
+                self.gate.remove_adhoc(&name);
+            }
+        }
+    }
+}
+
+/// Loads the ad-hoc windows kept in the journal into `gate`.
+fn load_adhoc(journal: &Journal, gate: &gate::Gate) -> Result<(), journal::Error> {
+    for (key, doc) in journal.documents(QUIET_PREFIX)? {
+        match serde_json::from_slice::<AdHocWindow>(&doc)
+            .ok()
+            .and_then(|w| w.window())
+        {
+            Some(w) => gate.set_adhoc(w),
+            None => tracing::warn!("journal document {key:?} is not a quiet window; ignored"),
+        }
+    }
+    Ok(())
 }
 
 /// Builds the dispatcher for `config` over `journal`, gated by `health`, the
@@ -132,6 +313,8 @@ pub fn dispatcher(
         clock,
         metrics.clone(),
     ));
+    load_adhoc(&journal, &gate)?;
+    let stats = Arc::new(stats::QueueStats::default());
     let backends = client::Backends::new(
         &config.backend,
         config.delivery.concurrency,
@@ -153,6 +336,7 @@ pub fn dispatcher(
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
         metrics,
         clock,
+        stats: stats.clone(),
     };
     let drain = drain::Drain::new(
         config.delivery.concurrency,
@@ -160,5 +344,13 @@ pub fn dispatcher(
         tokio::time::Instant::now(),
     );
     let d = Dispatcher::new(shared, rx, tx.clone(), drain, recovered);
-    Ok((Queue { tx, journal, gate }, d))
+    Ok((
+        Queue {
+            tx,
+            journal,
+            gate,
+            stats,
+        },
+        d,
+    ))
 }

@@ -198,7 +198,12 @@ async fn returned_part(shared: &Shared, record: &Record) -> Result<Vec<u8>, jour
 /// Parts read at a time while looking for the end of the header section.
 const HEADER_PARTS: u32 = 4;
 
-fn entry(r: &Recipient, action: dsn::Action, reply: String, remote: Option<&str>) -> dsn::Entry {
+fn entry(
+    r: &Recipient,
+    action: dsn::Action,
+    reply: journal::BackendReply,
+    remote: Option<&str>,
+) -> dsn::Entry {
     dsn::Entry {
         address: r.address.clone(),
         orcpt: r.orcpt.clone(),
@@ -234,5 +239,6 @@ fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
         held: false,
         bounce: true,
         delay_warned: false,
+        history: Vec::new(),
     }
 }

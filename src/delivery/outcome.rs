@@ -1,26 +1,27 @@
 //! Every way a delivery attempt can end, classified in one place.
 
 use super::transfer::TransferError;
+use crate::journal::BackendReply;
 use crate::smtp::reply::Reply;
 
-/// How a deferral for a broken connection starts (RFC 3463 4.4.2, bad connection).
-const CONNECTION_LOST: &str = "451 4.4.2";
+/// The enhanced code of a deferral for a broken connection (RFC 3463: bad connection).
+const CONNECTION_LOST: &str = "4.4.2";
 
 /// The result of an attempt for one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// 2xx: the backend took responsibility.
-    Delivered(String),
+    Delivered(BackendReply),
     /// 4xx, or a connection/TLS/timeout problem: try again later.
-    Deferred(String),
+    Deferred(BackendReply),
     /// 5xx: the backend refused for good.
-    Failed(String),
+    Failed(BackendReply),
 }
 
 impl Outcome {
     /// Classifies a backend reply.
     pub fn from_reply(r: &Reply) -> Outcome {
-        let text = r.to_string();
+        let text = BackendReply::new(r.code, &r.enhanced, r.text.as_ref());
         match r.code {
             200..=299 => Outcome::Delivered(text),
             500..=599 => Outcome::Failed(text),
@@ -34,15 +35,16 @@ impl Outcome {
         match e {
             mail_send::Error::UnexpectedReply(r) => Outcome::from_reply(&Reply::from(r.clone())),
             mail_send::Error::Timeout => {
-                Outcome::Deferred(format!("{CONNECTION_LOST} timeout talking to backend"))
+                Outcome::deferred(CONNECTION_LOST, "timeout talking to backend".to_owned())
             }
-            mail_send::Error::Io(io) => Outcome::Deferred(format!(
-                "{CONNECTION_LOST} connection to backend failed: {io}"
-            )),
+            mail_send::Error::Io(io) => Outcome::deferred(
+                CONNECTION_LOST,
+                format!("connection to backend failed: {io}"),
+            ),
             mail_send::Error::Tls(t) => {
-                Outcome::Deferred(format!("451 4.7.5 TLS with backend failed: {t}"))
+                Outcome::deferred("4.7.5", format!("TLS with backend failed: {t}"))
             }
-            other => Outcome::Deferred(format!("451 4.4.0 backend error: {other}")),
+            other => Outcome::deferred("4.4.0", format!("backend error: {other}")),
         }
     }
 
@@ -52,26 +54,42 @@ impl Outcome {
     pub(crate) fn from_transfer(e: &TransferError) -> Outcome {
         match e {
             TransferError::Smtp(e) => Outcome::from_error(e),
-            TransferError::Journal(_) | TransferError::Short { .. } => Outcome::Deferred(format!(
-                "451 4.3.0 message not readable from the journal: {e}"
-            )),
-            TransferError::Unexpected(r) => Outcome::Deferred(format!(
-                "451 4.4.0 backend answered out of protocol: {}",
-                Reply::from(r.clone())
-            )),
+            TransferError::Journal(_) | TransferError::Short { .. } => Outcome::deferred(
+                "4.3.0",
+                format!("message not readable from the journal: {e}"),
+            ),
+            TransferError::Unexpected(r) => Outcome::deferred(
+                "4.4.0",
+                format!(
+                    "backend answered out of protocol: {}",
+                    Reply::from(r.clone())
+                ),
+            ),
         }
     }
 
     /// A deferral for a connection that could not be made at all.
     pub fn unreachable(detail: &str) -> Outcome {
-        Outcome::Deferred(format!("451 4.4.1 no backend reachable: {detail}"))
+        Outcome::deferred("4.4.1", format!("no backend reachable: {detail}"))
+    }
+
+    /// A `451` deferral breakwater writes itself.
+    pub fn deferred(enhanced: &str, text: String) -> Outcome {
+        Outcome::Deferred(BackendReply::new(451, enhanced, text))
+    }
+
+    /// The reply, whatever the outcome.
+    pub fn reply(&self) -> &BackendReply {
+        match self {
+            Outcome::Delivered(r) | Outcome::Deferred(r) | Outcome::Failed(r) => r,
+        }
     }
 
     /// True if the attempt ended because the connection broke (I/O error,
     /// timeout) or the backend closed it (421): the connection is not reused and
     /// the backend's health counts a failure.
     pub fn is_connection_loss(&self) -> bool {
-        matches!(self, Outcome::Deferred(t) if t.starts_with(CONNECTION_LOST) || t.starts_with("421"))
+        matches!(self, Outcome::Deferred(r) if r.code == 421 || (r.code == 451 && r.enhanced == CONNECTION_LOST))
     }
 
     /// The metric label: `delivered`, `deferred`, `failed`.

@@ -14,7 +14,7 @@
 //! the generation: parts staged before it may be gone (they were never durable),
 //! so a message whose parts were staged in an older generation is refused.
 
-use super::{BODIES, META, PART, SETTINGS, STAGING, Shared};
+use super::{BODIES, DOCUMENTS, META, PART, SETTINGS, STAGING, Shared};
 use redb::{Database, Durability, ReadableTable};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -68,6 +68,8 @@ pub(super) enum OpKind {
     Remove { id: u64, parts: u32 },
     /// A persistent setting.
     Setting { key: &'static str, value: u64 },
+    /// A named document (an ad-hoc quiet window ...); `None` removes it.
+    Document { key: String, value: Option<Vec<u8>> },
     /// Finish what is queued, then stop the writer.
     Shutdown,
 }
@@ -248,6 +250,7 @@ fn apply(
         let mut bodies = txn.open_table(BODIES)?;
         let mut settings = txn.open_table(SETTINGS)?;
         let mut staging = txn.open_table(STAGING)?;
+        let mut documents = txn.open_table(DOCUMENTS)?;
         for op in batch {
             match &op.kind {
                 OpKind::Insert {
@@ -297,6 +300,14 @@ fn apply(
                 OpKind::Setting { key, value } => {
                     settings.insert(*key, *value)?;
                 }
+                OpKind::Document { key, value } => match value {
+                    Some(v) => {
+                        documents.insert(key.as_str(), v.as_slice())?;
+                    }
+                    None => {
+                        documents.remove(key.as_str())?;
+                    }
+                },
                 OpKind::Shutdown => {}
             }
         }

@@ -17,7 +17,9 @@ mod commit;
 pub mod record;
 
 pub use commit::{BatchLimits, CommitError};
-pub use record::{Envelope, MailParams, QueueId, RcptState, Recipient, Record, TlsInfo};
+pub use record::{
+    AttemptLog, BackendReply, Envelope, MailParams, QueueId, RcptState, Recipient, Record, TlsInfo,
+};
 
 use commit::{Op, OpKind};
 use record::IdGenerator;
@@ -47,6 +49,8 @@ pub const STAGE_BYTES: usize = 8 * PART;
 
 /// Small persistent settings (the whole-queue hold).
 pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("settings");
+/// Named documents (JSON): ad-hoc quiet windows under `quiet/NAME`.
+pub(crate) const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
 /// Journal failures. Sessions answer `452 4.3.1` to [`Error::Full`] and
 /// [`Error::LowSpace`] and `451 4.3.0` to everything else; none of them is
@@ -141,6 +145,8 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     ids: IdGenerator,
     live_bytes: AtomicU64,
+    /// Messages stored (records), for an exact `breakwater_queue_depth`.
+    messages: AtomicU64,
     max_bytes: u64,
     min_free_bytes: u64,
     dir: PathBuf,
@@ -247,6 +253,7 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             ids: IdGenerator::new(floor),
             live_bytes: AtomicU64::new(live),
+            messages: AtomicU64::new(records.len() as u64),
             max_bytes: opts.max_bytes,
             min_free_bytes: opts.min_free_bytes,
             dir: opts.dir.clone(),
@@ -302,7 +309,16 @@ impl Journal {
         })
         .await?;
         self.release(record.size);
+        let _ = self
+            .inner
+            .messages
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
         Ok(())
+    }
+
+    /// Messages in the journal (each counted from its commit to its removal).
+    pub fn message_count(&self) -> u64 {
+        self.inner.messages.load(Ordering::Relaxed)
     }
 
     /// Stores a setting durably.
@@ -316,6 +332,61 @@ impl Journal {
         let txn = db.begin_read().map_err(read_error)?;
         let table = txn.open_table(SETTINGS).map_err(read_error)?;
         Ok(table.get(key).map_err(read_error)?.map(|v| v.value()))
+    }
+
+    /// Stores (`Some`) or removes (`None`) a named document durably.
+    pub async fn set_document(&self, key: String, value: Option<Vec<u8>>) -> Result<(), Error> {
+        self.submit(OpKind::Document { key, value }).await
+    }
+
+    /// Every document whose key starts with `prefix`, in key order.
+    pub fn documents(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, Error> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(DOCUMENTS).map_err(read_error)?;
+        let mut out = Vec::new();
+        for entry in table.range(prefix..).map_err(read_error)? {
+            let (k, v) = entry.map_err(read_error)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// One page of the queue, oldest first: the records after `after` that
+    /// `keep` accepts, at most `limit` of them, looking at no more than `scan`
+    /// records. Returns them and where the next page starts (`None` at the
+    /// end). Reads only metadata, never bodies, in one read transaction that
+    /// blocks no writer: call it from a blocking task.
+    pub fn page(
+        &self,
+        after: Option<QueueId>,
+        limit: usize,
+        scan: usize,
+        mut keep: impl FnMut(&Record) -> bool,
+    ) -> Result<(Vec<Record>, Option<QueueId>), Error> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(META).map_err(read_error)?;
+        let start = after.map_or(0, |a| a.0.saturating_add(1));
+        let mut out = Vec::new();
+        let mut last = None;
+        for (seen, entry) in table.range(start..).map_err(read_error)?.enumerate() {
+            let (k, v) = entry.map_err(read_error)?;
+            let id = QueueId(k.value());
+            if out.len() >= limit || seen >= scan {
+                // Something is left: the next page starts after the last looked at.
+                return Ok((out, last));
+            }
+            last = Some(id);
+            let r = Record::decode(v.value()).map_err(|source| Error::Unreadable { id, source })?;
+            if keep(&r) {
+                out.push(r);
+            }
+        }
+        Ok((out, None))
     }
 
     /// The stored bytes of a message, `None` if it is not in the journal.
@@ -573,6 +644,9 @@ impl Spool {
             })
             .await;
         self.committed = result.is_ok();
+        if self.committed {
+            self.journal.inner.messages.fetch_add(1, Ordering::Relaxed);
+        }
         result
     }
 }
@@ -674,6 +748,7 @@ fn ensure_tables(db: &Database) -> Result<(), Error> {
     txn.open_table(BODIES).map_err(read_error)?;
     txn.open_table(SETTINGS).map_err(read_error)?;
     txn.open_table(STAGING).map_err(read_error)?;
+    txn.open_table(DOCUMENTS).map_err(read_error)?;
     txn.commit().map_err(read_error)?;
     Ok(())
 }

@@ -175,6 +175,120 @@ impl Recipient {
     }
 }
 
+/// A reply from a backend (or one breakwater wrote for a failure on its side),
+/// typed from the socket to the journal, the admin API and the DSN: code,
+/// enhanced status code (RFC 3463, empty if the server gave none) and text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BackendReply {
+    /// Three-digit reply code.
+    pub code: u16,
+    /// Enhanced status code, e.g. `4.2.2`; empty if none was given.
+    pub enhanced: String,
+    /// The text, CR and LF replaced by spaces.
+    pub text: String,
+}
+
+impl BackendReply {
+    /// A reply from its parts.
+    pub fn new(code: u16, enhanced: &str, text: impl Into<String>) -> BackendReply {
+        BackendReply {
+            code,
+            enhanced: enhanced.to_owned(),
+            text: text.into().replace(['\r', '\n'], " "),
+        }
+    }
+
+    /// Reads the `CODE [ENHANCED] text` form earlier releases stored.
+    pub fn parse(s: &str) -> BackendReply {
+        let s = s.trim();
+        let (first, rest) = s.split_once(' ').unwrap_or((s, ""));
+        let Some(code) = first.parse::<u16>().ok().filter(|c| (200..600).contains(c)) else {
+            return BackendReply::new(0, "", s);
+        };
+        let (word, after) = rest.split_once(' ').unwrap_or((rest, ""));
+        if is_enhanced(word, code) {
+            BackendReply::new(code, word, after)
+        } else {
+            BackendReply::new(code, "", rest)
+        }
+    }
+
+    /// The enhanced status code, or the reply class's (`5.0.0`) when the
+    /// server gave none (RFC 3464 needs one in every DSN).
+    pub fn status(&self) -> String {
+        if self.enhanced.is_empty() {
+            match self.code / 100 {
+                2 => "2.0.0".into(),
+                4 => "4.0.0".into(),
+                _ => "5.0.0".into(),
+            }
+        } else {
+            self.enhanced.clone()
+        }
+    }
+}
+
+/// `class.subject.detail` (RFC 3463) whose class matches the reply code's.
+fn is_enhanced(word: &str, code: u16) -> bool {
+    let parts: Vec<&str> = word.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
+        && parts[0] == (code / 100).to_string()
+}
+
+impl fmt::Display for BackendReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.code, self.enhanced.is_empty()) {
+            (0, _) => f.write_str(&self.text),
+            (c, true) => write!(f, "{c} {}", self.text),
+            (c, false) => write!(f, "{c} {} {}", self.enhanced, self.text),
+        }
+    }
+}
+
+impl From<&str> for BackendReply {
+    fn from(s: &str) -> BackendReply {
+        BackendReply::parse(s)
+    }
+}
+
+impl From<String> for BackendReply {
+    fn from(s: String) -> BackendReply {
+        BackendReply::parse(&s)
+    }
+}
+
+/// Reads a reply as this release writes it (an object) or as earlier ones did
+/// (one string).
+impl<'de> Deserialize<'de> for BackendReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Typed {
+            code: u16,
+            #[serde(default)]
+            enhanced: String,
+            #[serde(default)]
+            text: String,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Text(String),
+            Typed(Typed),
+        }
+        Ok(match Stored::deserialize(d)? {
+            Stored::Text(s) => BackendReply::parse(&s),
+            Stored::Typed(t) => BackendReply {
+                code: t.code,
+                enhanced: t.enhanced,
+                text: t.text,
+            },
+        })
+    }
+}
+
 /// Per-recipient delivery state, saved after every attempt.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "lowercase")]
@@ -182,11 +296,14 @@ pub enum RcptState {
     /// Not tried yet.
     Pending,
     /// Accepted by a backend.
-    Delivered { backend: String, reply: String },
+    Delivered {
+        backend: String,
+        reply: BackendReply,
+    },
     /// Temporarily refused; will be retried.
-    Deferred { reply: String, attempts: u32 },
+    Deferred { reply: BackendReply, attempts: u32 },
     /// Permanently refused.
-    Failed { reply: String },
+    Failed { reply: BackendReply },
 }
 
 impl RcptState {
@@ -223,12 +340,43 @@ pub struct Record {
     /// The delay warning (`delivery.delay_warning`) has been sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_warned: bool,
+    /// The last [`HISTORY`] attempts, oldest first (`breakwater queue show`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptLog>,
+}
+
+/// How many attempts a record remembers.
+pub const HISTORY: usize = 16;
+
+/// One delivery attempt, as `breakwater queue show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptLog {
+    /// When it ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The backend that answered, if any was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    /// Recipients delivered, deferred and failed by this attempt.
+    pub delivered: u32,
+    pub deferred: u32,
+    pub failed: u32,
+    /// The reply that decided it: the first refusal, else the acceptance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<BackendReply>,
 }
 
 impl Record {
     /// True while any recipient still needs a delivery attempt.
     pub fn has_open_recipients(&self) -> bool {
         self.rcpts.iter().any(|r| r.state.is_open())
+    }
+
+    /// Remembers an attempt, forgetting the oldest beyond [`HISTORY`].
+    pub fn log_attempt(&mut self, entry: AttemptLog) {
+        if self.history.len() >= HISTORY {
+            self.history.remove(0);
+        }
+        self.history.push(entry);
     }
 
     /// Serialized metadata as stored in the journal.
@@ -293,6 +441,7 @@ mod tests {
             held: false,
             bounce: false,
             delay_warned: false,
+            history: Vec::new(),
         };
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);
     }
@@ -304,5 +453,63 @@ mod tests {
         let r = Record::decode(old).unwrap();
         assert_eq!(r.envelope.tls, None);
         assert_eq!(r.rcpts[0].state, RcptState::Pending);
+    }
+
+    /// Replies are typed; records of earlier releases stored them as one
+    /// string, which still reads (and the typed form round-trips).
+    #[test]
+    fn replies_typed_and_read_from_old_strings() {
+        let old = br#"{"id":1,"envelope":{"mail_from":"a@b","params":{},"client_ip":"127.0.0.1","helo":"c","arrived_ms":7},"rcpts":[{"address":"x@example.com","state":{"state":"deferred","reply":"451 4.2.1 mailbox busy","attempts":2}},{"address":"y@example.com","state":{"state":"delivered","backend":"b0","reply":"250 ok"}}],"size":10,"attempts":2,"next_attempt_ms":0}"#;
+        let r = Record::decode(old).unwrap();
+        assert_eq!(
+            r.rcpts[0].state,
+            RcptState::Deferred {
+                reply: BackendReply::new(451, "4.2.1", "mailbox busy"),
+                attempts: 2
+            }
+        );
+        let RcptState::Delivered { reply, .. } = &r.rcpts[1].state else {
+            panic!("{:?}", r.rcpts[1].state)
+        };
+        assert_eq!(reply, &BackendReply::new(250, "", "ok"));
+        let again = Record::decode(&r.encode()).unwrap();
+        assert_eq!(again, r);
+        let json = String::from_utf8(r.encode()).unwrap();
+        assert!(
+            json.contains(r#""reply":{"code":451,"enhanced":"4.2.1","text":"mailbox busy"}"#),
+            "{json}"
+        );
+        for (text, code, enhanced, rest, status) in [
+            (
+                "550 5.1.1 no such user",
+                550,
+                "5.1.1",
+                "no such user",
+                "5.1.1",
+            ),
+            ("550 no enhanced code", 550, "", "no enhanced code", "5.0.0"),
+            (
+                "452 5.2.2 class mismatch",
+                452,
+                "",
+                "5.2.2 class mismatch",
+                "4.0.0",
+            ),
+            ("250", 250, "", "", "2.0.0"),
+            ("garbage", 0, "", "garbage", "5.0.0"),
+            ("", 0, "", "", "5.0.0"),
+        ] {
+            let r = BackendReply::parse(text);
+            assert_eq!(
+                (r.code, r.enhanced.as_str(), r.text.as_str()),
+                (code, enhanced, rest),
+                "{text}"
+            );
+            assert_eq!(r.status(), status, "{text}");
+        }
+        assert_eq!(
+            BackendReply::new(451, "4.4.2", "a\r\nb").to_string(),
+            "451 4.4.2 a  b"
+        );
     }
 }

@@ -28,6 +28,7 @@ fn record_with_id(id: QueueId, size: usize) -> Record {
         held: false,
         bounce: false,
         delay_warned: false,
+        history: Vec::new(),
     }
 }
 

@@ -604,6 +604,7 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
         held: false,
         bounce: false,
         delay_warned: false,
+        history: Vec::new(),
     };
     let ctx = s.ctx.clone();
     // The commit and the 250: nothing is acknowledged before it is durable.

@@ -11,11 +11,13 @@
 #![allow(unused_imports)]
 
 pub mod backend;
+pub mod cli;
 pub mod client;
 pub mod relay;
 pub mod tls;
 
 pub use backend::{Backend, BackendOptions, Received, count_by_header};
+pub use cli::{Run, cli, raw_http};
 pub use client::{Client, Reply, dot_stuff};
 pub use relay::{Relay, config_text, http, metric_value, wait_metric};
 pub use tls::TestCert;

@@ -28,6 +28,7 @@ async fn journal_with_message(dir: &std::path::Path) -> (Journal, QueueId) {
         held: false,
         bounce: false,
         delay_warned: false,
+        history: Vec::new(),
     };
     j.enqueue(&record, vec![b'x'; STORED]).await.unwrap();
     (j, record.id)
