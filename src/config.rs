@@ -125,6 +125,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// The file this config was read from (reloads read it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 fn default_hostname() -> String {
@@ -597,13 +600,15 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        Config::parse(&text).map_err(|e| match e {
+        let mut config = Config::parse(&text).map_err(|e| match e {
             Error::Parse { message, .. } => Error::Parse {
                 path: path.to_owned(),
                 message,
             },
             other => other,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates configuration text.

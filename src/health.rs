@@ -10,7 +10,7 @@
 use crate::admin::metrics::Metrics;
 use crate::config;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -83,10 +83,30 @@ pub enum Change {
 /// The health of every backend, shared by the monitor, the delivery client and
 /// the dispatcher. Every change bumps a `watch` generation the dispatcher awaits.
 pub struct Health {
-    circuits: Vec<(String, Mutex<Circuit>, Notify)>,
+    circuits: RwLock<Vec<Arc<Entry>>>,
     metrics: Arc<Metrics>,
     changed: watch::Sender<u64>,
     recovered: AtomicBool,
+}
+
+/// One backend's circuit, and the wake-up for its prober.
+struct Entry {
+    name: String,
+    address: String,
+    circuit: Mutex<Circuit>,
+    wake: Notify,
+}
+
+impl Entry {
+    fn new(b: &config::Backend, h: &config::Health, metrics: &Metrics) -> Arc<Entry> {
+        metrics.backend_up.with_label_values(&[&b.name]).set(1);
+        Arc::new(Entry {
+            name: b.name.clone(),
+            address: b.address.clone(),
+            circuit: Mutex::new(Circuit::new(h.fall, h.rise)),
+            wake: Notify::new(),
+        })
+    }
 }
 
 impl Health {
@@ -94,45 +114,84 @@ impl Health {
     pub fn new(backends: &[config::Backend], h: &config::Health, metrics: Arc<Metrics>) -> Health {
         let circuits = backends
             .iter()
-            .map(|b| {
-                metrics.backend_up.with_label_values(&[&b.name]).set(1);
-                let circuit = Mutex::new(Circuit::new(h.fall, h.rise));
-                (b.name.clone(), circuit, Notify::new())
-            })
+            .map(|b| Entry::new(b, h, &metrics))
             .collect();
         Health {
-            circuits,
+            circuits: RwLock::new(circuits),
             metrics,
             changed: watch::channel(0).0,
             recovered: AtomicBool::new(false),
         }
     }
 
+    /// Takes a reloaded backend list, matched by name: a backend that stays at
+    /// its address keeps its circuit; one with a new address, or a new one,
+    /// starts up (and is probed at once by the next monitor); a removed one is
+    /// forgotten.
+    pub fn reconfigure(&self, backends: &[config::Backend], h: &config::Health) {
+        let mut circuits = self.circuits.write().expect("circuits lock");
+        let old = std::mem::take(&mut *circuits);
+        for b in backends {
+            match old
+                .iter()
+                .find(|e| e.name == b.name && e.address == b.address)
+            {
+                Some(e) => {
+                    let mut c = e.circuit.lock().expect("circuit");
+                    c.fall = h.fall.max(1);
+                    c.rise = h.rise.max(1);
+                    drop(c);
+                    circuits.push(e.clone());
+                }
+                None => circuits.push(Entry::new(b, h, &self.metrics)),
+            }
+        }
+        for e in old
+            .iter()
+            .filter(|e| !backends.iter().any(|b| b.name == e.name))
+        {
+            let _ = self.metrics.backend_up.remove_label_values(&[&e.name]);
+        }
+        drop(circuits);
+        self.changed.send_modify(|g| *g += 1);
+    }
+
+    fn entry(&self, backend: &str) -> Option<Arc<Entry>> {
+        self.circuits
+            .read()
+            .expect("circuits lock")
+            .iter()
+            .find(|e| e.name == backend)
+            .cloned()
+    }
+
     /// True if the named backend is up (unknown names count as down).
     pub fn is_up(&self, backend: &str) -> bool {
-        self.circuit(backend)
-            .is_some_and(|c| c.lock().expect("circuit").is_up())
+        self.entry(backend)
+            .is_some_and(|e| e.circuit.lock().expect("circuit").is_up())
     }
 
     /// True if any backend is up.
     pub fn any_up(&self) -> bool {
         self.circuits
+            .read()
+            .expect("circuits lock")
             .iter()
-            .any(|(_, c, _)| c.lock().expect("circuit").is_up())
+            .any(|e| e.circuit.lock().expect("circuit").is_up())
     }
 
     /// Records a probe or a delivery connection result for `backend`.
     pub fn report(&self, backend: &str, ok: bool) {
-        let Some((_, c, wake)) = self.circuits.iter().find(|(n, _, _)| n == backend) else {
+        let Some(e) = self.entry(backend) else {
             return;
         };
         let (change, changing) = {
-            let mut c = c.lock().expect("circuit");
+            let mut c = e.circuit.lock().expect("circuit");
             (c.record(ok), c.is_changing())
         };
         if changing {
             // A failure seen by a delivery: probe again soon, not at the interval.
-            wake.notify_one();
+            e.wake.notify_one();
         }
         let Some(change) = change else {
             return;
@@ -162,11 +221,11 @@ impl Health {
     /// `postqueue -f` flushing dead destinations). A backend that is still down
     /// fails its next attempts and goes down again after `fall` failures.
     pub fn reset_all_up(&self) {
-        for (name, c, _) in &self.circuits {
-            let mut c = c.lock().expect("circuit");
+        for e in self.circuits.read().expect("circuits lock").iter() {
+            let mut c = e.circuit.lock().expect("circuit");
             if !c.is_up() {
                 *c = Circuit::new(c.fall, c.rise);
-                self.metrics.backend_up.with_label_values(&[name]).set(1);
+                self.metrics.backend_up.with_label_values(&[&e.name]).set(1);
             }
         }
         self.changed.send_modify(|g| *g += 1);
@@ -177,28 +236,23 @@ impl Health {
         self.changed.subscribe()
     }
 
-    fn circuit(&self, backend: &str) -> Option<&Mutex<Circuit>> {
-        self.circuits
-            .iter()
-            .find(|(n, _, _)| n == backend)
-            .map(|(_, c, _)| c)
-    }
-
     /// Resolves when a delivery reports a failure for `backend`.
     async fn failure_reported(&self, backend: &str) {
-        match self.circuits.iter().find(|(n, _, _)| n == backend) {
-            Some((_, _, wake)) => wake.notified().await,
+        match self.entry(backend) {
+            Some(e) => e.wake.notified().await,
             None => std::future::pending().await,
         }
     }
 
     fn is_changing(&self, backend: &str) -> bool {
-        self.circuit(backend)
-            .is_some_and(|c| c.lock().expect("circuit").is_changing())
+        self.entry(backend)
+            .is_some_and(|e| e.circuit.lock().expect("circuit").is_changing())
     }
 }
 
-/// Probes every backend until shutdown: one task per backend.
+/// Probes every backend until `shutdown`: one task per backend. A reload
+/// cancels this monitor (a child token of the relay's) and starts another
+/// with the new list.
 pub async fn monitor(
     health: Arc<Health>,
     backends: Vec<config::Backend>,
@@ -230,7 +284,10 @@ pub async fn monitor(
                     _ = shutdown.cancelled() => return,
                 }
                 let needs_tls = b.tls == config::TlsPolicy::Required;
-                let result = probe(&b.address, &helo, needs_tls, cfg.timeout.0).await;
+                let result = tokio::select! {
+                    r = probe(&b.address, &helo, needs_tls, cfg.timeout.0) => r,
+                    _ = shutdown.cancelled() => return,
+                };
                 if let Err(e) = &result {
                     tracing::debug!(backend = %b.name, "probe failed: {e}");
                 }

@@ -21,6 +21,7 @@ pub mod delivery;
 pub mod fuzzing;
 pub mod health;
 pub mod journal;
+mod reload;
 pub mod schedule;
 pub mod shutdown;
 pub mod smtp;
@@ -83,6 +84,9 @@ pub(crate) struct Wired {
     pub ctx: Arc<smtp::Context>,
     pub stop: shutdown::Shutdown,
     pub dispatch: tokio::task::JoinHandle<()>,
+    pub health: Arc<health::Health>,
+    /// Stops the running health monitor (a reload starts another).
+    pub monitor: tokio_util::sync::CancellationToken,
 }
 
 /// Loads the TLS certificate, opens the journal, starts the health monitor and
@@ -114,34 +118,33 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
         metrics.clone(),
         recovered,
     )?;
+    let monitor = stop.token.child_token();
     tokio::spawn(health::monitor(
-        health,
+        health.clone(),
         config.backend.clone(),
         config.health.clone(),
         config.hostname.clone(),
-        stop.token.clone(),
+        monitor.clone(),
     ));
     let grace = config.delivery.shutdown_grace.0;
     let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
     let recipients = smtp::recipients::Recipients::new(&config, queue.gate().clone())
         .map_err(Error::Recipients)?;
     let ctx = Arc::new(smtp::Context {
-        hostname: config.hostname.clone(),
-        max_message_size: config.smtp.max_message_size,
-        max_recipients: config.smtp.max_recipients,
-        idle_timeout: config.smtp.idle_timeout.0,
-        config,
+        config: std::sync::RwLock::new(config),
         journal,
         queue,
         metrics,
         shutdown: stop.token.clone(),
         tls,
-        recipients,
+        recipients: std::sync::RwLock::new(Arc::new(recipients)),
     });
     Ok(Wired {
         ctx,
         stop,
         dispatch,
+        health,
+        monitor,
     })
 }
 
@@ -154,14 +157,41 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    // Installed before anything listens: a SIGHUP that arrives early must not
+    // take the default action (ending the process).
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let Wired {
         ctx,
         stop,
         dispatch,
+        health,
+        monitor,
     } = wire(config)?;
-    let config = ctx.config.clone();
+    let config = ctx.config();
     let grace = config.delivery.shutdown_grace.0;
-    tokio::spawn(reload_on_hangup(ctx.clone()));
+    let reloader = Arc::new(reload::Reloader {
+        ctx: ctx.clone(),
+        health,
+        monitor: std::sync::Mutex::new(monitor),
+        token: Arc::new(std::sync::RwLock::new(
+            config.admin.token().unwrap_or_default(),
+        )),
+        backends: Arc::new(std::sync::RwLock::new(
+            config
+                .backend
+                .iter()
+                .map(|b| (b.name.clone(), b.address.clone()))
+                .collect(),
+        )),
+    });
+    match hangup {
+        Ok(hup) => {
+            tokio::spawn(reload_on_hangup(hup, reloader.clone()));
+        }
+        Err(e) => {
+            tracing::warn!("cannot install a SIGHUP handler ({e}); reload with POST /api/reload")
+        }
+    }
     let max_connections =
         smtp::listener::fit_connections(config.smtp.max_connections, descriptors_reserved(&config));
     let per_listener = max_connections;
@@ -177,21 +207,15 @@ pub async fn run(
         if let Ok(addr) = l.local_addr() {
             tracing::info!("admin listening on http://{addr}");
         }
-        let reload_ctx = ctx.clone();
+        let r = reloader.clone();
         let state = Arc::new(admin::State {
             metrics: ctx.metrics.clone(),
             journal: ctx.journal.clone(),
             queue: ctx.queue.clone(),
             shutdown: stop.token.clone(),
-            token: std::sync::RwLock::new(config.admin.token().unwrap_or_default()),
-            backends: std::sync::RwLock::new(
-                config
-                    .backend
-                    .iter()
-                    .map(|b| (b.name.clone(), b.address.clone()))
-                    .collect(),
-            ),
-            reload: Box::new(move || reload(&reload_ctx)),
+            token: reloader.token.clone(),
+            backends: reloader.backends.clone(),
+            reload: Box::new(move || r.reload()),
         });
         tokio::spawn(admin::serve(l, state));
     }
@@ -226,49 +250,16 @@ fn descriptors_reserved(config: &config::Config) -> usize {
     128 + backends + config.delivery.concurrency + 32
 }
 
-/// On SIGHUP: [`reload`]. Without a handler SIGHUP's default action would
-/// end the relay (`systemctl reload`, a habit from Postfix).
-async fn reload_on_hangup(ctx: Arc<smtp::Context>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler; reload needs a restart");
-        return;
-    };
+/// On SIGHUP: reload (see [`reload`]). Without a handler SIGHUP's default
+/// action would end the relay (`systemctl reload`, a habit from Postfix).
+async fn reload_on_hangup(mut hup: tokio::signal::unix::Signal, reloader: Arc<reload::Reloader>) {
     loop {
         tokio::select! {
             _ = hup.recv() => {}
-            _ = ctx.shutdown.cancelled() => return,
+            _ = reloader.ctx.shutdown.cancelled() => return,
         }
-        tracing::info!("SIGHUP: reloading");
-        let _ = reload(&ctx);
-    }
-}
-
-/// Re-reads the STARTTLS certificate and `relay.recipients`, without touching
-/// sessions or deliveries. A file that does not load is refused and the one in
-/// use stays; the failure is logged and counted.
-fn reload(ctx: &smtp::Context) -> Result<String, String> {
-    let mut failures = Vec::new();
-    if let Some(tls) = &ctx.tls {
-        match tls.reload() {
-            Ok(()) => tracing::info!("TLS certificate reloaded"),
-            Err(e) => {
-                tracing::error!("TLS certificate not reloaded, the old one stays: {e}");
-                failures.push(format!("smtp.tls: {e}"));
-            }
-        }
-    }
-    if let Err(e) = ctx.recipients.reload() {
-        tracing::error!("recipient list not reloaded, the old one stays: {e}");
-        failures.push(format!("relay.recipients: {e}"));
-    }
-    if failures.is_empty() {
-        ctx.metrics
-            .config_last_reload_success
-            .set(chrono::Utc::now().timestamp());
-        Ok("reloaded the STARTTLS certificate and the recipient list".into())
-    } else {
-        ctx.metrics.config_reload_failures.inc();
-        Err(failures.join("; "))
+        tracing::info!("SIGHUP: reloading the config");
+        let r = reloader.clone();
+        let _ = tokio::task::spawn_blocking(move || r.reload()).await;
     }
 }

@@ -64,7 +64,7 @@ async fn unknown_users_are_refused_at_rcpt_and_the_list_reloads_on_sighup() {
     std::fs::write(&list, "not an address\n").unwrap();
     relay.hup();
     let logged = wait_until_async(Duration::from_secs(5), || {
-        relay.log().contains("recipient list not reloaded")
+        relay.log().contains("config reload refused") && relay.log().contains("relay.recipients")
     })
     .await;
     assert!(logged, "{}", relay.log());

@@ -40,9 +40,9 @@ pub struct State {
     /// Shutdown token (readiness).
     pub shutdown: CancellationToken,
     /// The bearer token `/api` needs (`admin.token_file`), if any.
-    pub token: RwLock<Option<String>>,
+    pub token: Arc<RwLock<Option<String>>>,
     /// The backends' addresses by name, for `GET /api/backends`.
-    pub backends: RwLock<Vec<(String, String)>>,
+    pub backends: Arc<RwLock<Vec<(String, String)>>>,
     /// What `POST /api/reload` (and SIGHUP) does: a summary, or what failed.
     pub reload: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
 }

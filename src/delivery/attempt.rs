@@ -58,13 +58,14 @@ async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Op
     let mut signal = Signal::Neutral;
     let mut relayed = Vec::new();
     let mut remote = None;
-    if expire(&mut record, now, shared.lifetime_ms) {
+    let live = shared.live();
+    if expire(&mut record, now, live.lifetime_ms) {
         tracing::warn!(
             "{} expired: queued longer than delivery.max_queue_lifetime",
             record.id
         );
     } else if record.has_open_recipients() {
-        let result = shared.backends.deliver(&record, &shared.journal).await;
+        let result = live.backends.deliver(&record, &shared.journal).await;
         signal = signal_of(result.backend.is_some(), &result.outcomes);
         relayed = apply(shared, &mut record, &result);
         remote = result.backend;
@@ -158,7 +159,7 @@ pub(crate) fn expire(record: &mut Record, now_ms: u64, lifetime_ms: u64) -> bool
 /// The retry delay with +-15% jitter, so a backlog deferred in one wave does
 /// not come back in one wave.
 fn retry_delay_ms(shared: &Shared, record: &Record, attempts: u32) -> u64 {
-    let base = shared.retry.delay(attempts).as_millis() as u64;
+    let base = shared.live().retry.delay(attempts).as_millis() as u64;
     let seed = record.id.0 ^ (u64::from(attempts) << 48) ^ shared.clock.now_ms();
     jitter(base, seed)
 }

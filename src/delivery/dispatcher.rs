@@ -59,15 +59,28 @@ impl Default for Clock {
 /// What delivery tasks share.
 pub(crate) struct Shared {
     pub journal: Journal,
-    pub hostname: String,
-    pub lifetime_ms: u64,
-    pub warn_after_ms: Option<u64>,
     pub gate: Arc<Gate>,
-    pub backends: Backends,
-    pub retry: RetryPolicy,
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub stats: Arc<QueueStats>,
+    /// The settings a reload changes; an attempt keeps the ones it started with.
+    pub live: std::sync::RwLock<Arc<Live>>,
+}
+
+/// Delivery settings from the config in force.
+pub(crate) struct Live {
+    pub hostname: String,
+    pub lifetime_ms: u64,
+    pub warn_after_ms: Option<u64>,
+    pub backends: Backends,
+    pub retry: RetryPolicy,
+}
+
+impl Shared {
+    /// The delivery settings in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().expect("live lock").clone()
+    }
 }
 
 /// The scheduling actor.
@@ -179,7 +192,7 @@ impl Dispatcher {
                 self.unsaved.len()
             );
         }
-        self.shared.backends.close_idle().await;
+        self.shared.live().backends.close_idle().await;
     }
 
     /// Puts a record where it belongs: ready, waiting for its time, or parked
@@ -196,7 +209,7 @@ impl Dispatcher {
             let now = self.shared.clock.now_ms();
             self.lane(r.bounce).file(id, due, now);
         }
-        if let Some(after) = self.shared.warn_after_ms
+        if let Some(after) = self.shared.live().warn_after_ms
             && !r.delay_warned
             && !r.bounce
             && r.has_open_recipients()
@@ -255,6 +268,19 @@ impl Dispatcher {
             }
             Event::Reopen(why) => self.reopen_if_opened(false, why),
             Event::Wake => {}
+            Event::Reconfigure {
+                live,
+                concurrency,
+                drain_rate,
+            } => {
+                let old =
+                    std::mem::replace(&mut *self.shared.live.write().expect("live lock"), live);
+                self.drain.reconfigure(concurrency, drain_rate);
+                // Idle connections to the old backends go; attempts in flight
+                // finish on the connections they have.
+                tokio::spawn(async move { old.backends.close_idle().await });
+                self.make_all_due("configuration reloaded");
+            }
             Event::HoldMessage { id, held, done } => {
                 let result = match self.hold_message(id, held) {
                     // Saved here, before any attempt can start on it, so a stale

@@ -59,6 +59,14 @@ impl Drain {
         self.refilled = now;
     }
 
+    /// Takes a reloaded `delivery.concurrency` and `delivery.drain_rate`; the
+    /// window shrinks at once if the new limit is lower, grows as before.
+    pub fn reconfigure(&mut self, max: usize, rate: Option<f64>) {
+        self.max = max.max(1);
+        self.window = self.window.min(self.max as f64);
+        self.rate = rate;
+    }
+
     /// Attempts that may be in flight now.
     pub fn limit(&self) -> usize {
         (self.window.floor() as usize).clamp(1, self.max)

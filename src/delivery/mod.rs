@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::journal::{self, Journal, QueueId, Record};
 use crate::schedule::QuietTime;
-use dispatcher::{Clock, Dispatcher, Shared};
+use dispatcher::{Clock, Dispatcher, Live, Shared};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -38,6 +38,12 @@ pub(crate) enum Event {
     Reopen(&'static str),
     /// Something the loop's timers depend on changed (an ad-hoc window).
     Wake,
+    /// A reloaded config: new delivery settings and drain limits.
+    Reconfigure {
+        live: Arc<dispatcher::Live>,
+        concurrency: usize,
+        drain_rate: Option<f64>,
+    },
     /// Hold (`held = true`) or release one message; answered once persisted.
     HoldMessage {
         id: QueueId,
@@ -182,6 +188,27 @@ impl Queue {
         rx.await.map_err(|_| stopped())?
     }
 
+    /// Takes a reloaded config: windows and backend names at the gate now,
+    /// delivery settings for the attempts that start from now on.
+    pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
+        let quiet = QuietTime::from_config(&config.quiet_time).map_err(|ps| {
+            ps.iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        self.gate.reconfigure(
+            quiet,
+            config.backend.iter().map(|b| b.name.clone()).collect(),
+        );
+        let _ = self.tx.send(Event::Reconfigure {
+            live: Arc::new(live(config, &self.gate)),
+            concurrency: config.delivery.concurrency,
+            drain_rate: config.delivery.drain_rate,
+        });
+        Ok(())
+    }
+
     /// The dispatcher's latest counts.
     pub fn stats(&self) -> stats::Snapshot {
         self.stats.read()
@@ -276,6 +303,27 @@ impl Queue {
     }
 }
 
+/// The delivery settings of `config`.
+fn live(config: &Config, gate: &Arc<gate::Gate>) -> Live {
+    Live {
+        hostname: config.hostname.clone(),
+        lifetime_ms: config.delivery.max_queue_lifetime.0.as_millis() as u64,
+        warn_after_ms: config
+            .delivery
+            .delay_warning
+            .map(|d| d.0.as_millis() as u64),
+        backends: client::Backends::new(
+            &config.backend,
+            config.delivery.concurrency,
+            &config.hostname,
+            config.bounce.relay.clone(),
+            gate.clone(),
+            config.delivery.line_length_limit,
+        ),
+        retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
+    }
+}
+
 /// Loads the ad-hoc windows kept in the journal into `gate`.
 fn load_adhoc(journal: &Journal, gate: &gate::Gate) -> Result<(), journal::Error> {
     for (key, doc) in journal.documents(QUIET_PREFIX)? {
@@ -315,28 +363,13 @@ pub fn dispatcher(
     ));
     load_adhoc(&journal, &gate)?;
     let stats = Arc::new(stats::QueueStats::default());
-    let backends = client::Backends::new(
-        &config.backend,
-        config.delivery.concurrency,
-        &config.hostname,
-        config.bounce.relay.clone(),
-        gate.clone(),
-        config.delivery.line_length_limit,
-    );
     let shared = Shared {
         journal: journal.clone(),
-        hostname: config.hostname.clone(),
-        lifetime_ms: config.delivery.max_queue_lifetime.0.as_millis() as u64,
-        warn_after_ms: config
-            .delivery
-            .delay_warning
-            .map(|d| d.0.as_millis() as u64),
         gate: gate.clone(),
-        backends,
-        retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
         metrics,
         clock,
         stats: stats.clone(),
+        live: std::sync::RwLock::new(Arc::new(live(config, &gate))),
     };
     let drain = drain::Drain::new(
         config.delivery.concurrency,

@@ -139,7 +139,7 @@ async fn queue_dsn(shared: &Shared, record: &Record, entries: &[dsn::Entry]) -> 
             return Queued::Failed;
         }
     };
-    let bytes = dsn::build(&shared.hostname, record, &original, entries, now);
+    let bytes = dsn::build(&shared.live().hostname, record, &original, entries, now);
     drop(original);
     let notice = dsn_record(shared, record, bytes.len() as u64);
     match shared.journal.enqueue(&notice, bytes).await {
@@ -222,7 +222,7 @@ fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
             mail_from: String::new(),
             params: MailParams::default(),
             client_ip: std::net::Ipv4Addr::LOCALHOST.into(),
-            helo: shared.hostname.clone(),
+            helo: shared.live().hostname.clone(),
             tls: None,
             arrived_ms: now,
         },

@@ -242,7 +242,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Io<S> {
 
 /// Serves one client until it quits, times out, or the relay shuts down.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut session: Session, stream: S) {
-    let idle = session.ctx.idle_timeout;
+    let idle = session.cfg.smtp.idle_timeout.0;
     let mut io = Io {
         stream: Stream::Plain(stream),
         buf: Vec::with_capacity(READ_CHUNK),
@@ -294,7 +294,7 @@ async fn talks_first<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut Session,
     io: &mut Io<S>,
 ) -> Result<bool, End> {
-    let pause = s.ctx.config.smtp.greet_pause.0;
+    let pause = s.cfg.smtp.greet_pause.0;
     match tokio::time::timeout(pause, io.stream.read_buf(&mut io.buf)).await {
         Ok(Ok(0)) | Ok(Err(_)) => Err(End::Closed),
         Ok(Ok(_)) => Ok(true),
@@ -352,7 +352,7 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &m
                 return End::Closed;
             }
             Next::Verify(rcpt) => {
-                let known = s.ctx.recipients.is_known(&rcpt.address).await;
+                let known = s.ctx.recipients().is_known(&rcpt.address).await;
                 s.add_recipient(rcpt, known)
             }
             Next::StartTls => match start_tls(s, io).await {
@@ -462,7 +462,7 @@ async fn start_tls<S: AsyncRead + AsyncWrite + Unpin>(
 /// Starts receiving a message for the open transaction: a journal spool with
 /// our `Received:` header in it.
 fn incoming(s: &Session) -> Incoming {
-    let deadline = Instant::now() + s.ctx.config.smtp.data_timeout.0;
+    let deadline = Instant::now() + s.cfg.smtp.data_timeout.0;
     let Some(tx) = s.tx.as_ref() else {
         return Incoming::discard(deadline);
     };
@@ -472,14 +472,14 @@ fn incoming(s: &Session) -> Incoming {
     let header = super::received::header(
         s.helo.as_deref().unwrap_or("unknown"),
         s.client_ip,
-        &s.ctx.hostname,
+        &s.cfg.hostname,
         protocol,
         s.tls.as_ref(),
         spool.id(),
         single,
         chrono::Utc::now(),
     );
-    Incoming::new(spool, &header, s.ctx.max_message_size, deadline)
+    Incoming::new(spool, &header, s.cfg.smtp.max_message_size, deadline)
 }
 
 /// Feeds what is buffered to `feed` (a receiver) into the message, watching
@@ -534,7 +534,7 @@ async fn receive_bdat<S: AsyncRead + AsyncWrite + Unpin>(
     size: u64,
     last: bool,
 ) -> Result<Option<Reply>, End> {
-    if size > s.ctx.max_message_size {
+    if size > s.cfg.smtp.max_message_size {
         // Its bytes follow and cannot be skipped in any reasonable time.
         s.tx = None;
         return Ok(Some(Reply::CHUNK_TOO_BIG));
@@ -543,7 +543,7 @@ async fn receive_bdat<S: AsyncRead + AsyncWrite + Unpin>(
     let mut msg = match s.tx.as_mut().and_then(|tx| tx.body.take()) {
         Some(b) => b,
         None if allowed => incoming(s),
-        None => Incoming::discard(Instant::now() + s.ctx.config.smtp.data_timeout.0),
+        None => Incoming::discard(Instant::now() + s.cfg.smtp.data_timeout.0),
     };
     let mut rx = BdatReceiver::new(size);
     receive(io, &mut msg, |input, out| {
@@ -590,7 +590,7 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
         };
     }
     let hops = check.received_headers();
-    if hops > s.ctx.config.smtp.max_received_headers {
+    if hops > s.cfg.smtp.max_received_headers {
         tracing::warn!(client = %s.client_ip, hops, "rejected message: mail loop (smtp.max_received_headers)");
         return Reply::MAIL_LOOP;
     }

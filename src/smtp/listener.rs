@@ -26,7 +26,7 @@ pub async fn run(
     tracker: TaskTracker,
 ) {
     let limit = Arc::new(Semaphore::new(max_connections));
-    let per_ip = Arc::new(PerIp::new(ctx.config.smtp.max_connections_per_ip));
+    let per_ip = Arc::new(PerIp::new());
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
@@ -50,7 +50,9 @@ pub async fn run(
             refuse(&ctx, &tracker, stream, Reply::TOO_MANY_CONNECTIONS);
             continue;
         };
-        let Some(ip_slot) = PerIp::take(&per_ip, ip) else {
+        // Read per connection: a reload changes the limit for new sessions.
+        let max_per_ip = ctx.config().smtp.max_connections_per_ip;
+        let Some(ip_slot) = PerIp::take(&per_ip, ip, max_per_ip) else {
             tracing::info!(client = %ip, "refused: smtp.max_connections_per_ip reached");
             refuse(&ctx, &tracker, stream, Reply::TOO_MANY_FROM_IP);
             continue;
@@ -94,7 +96,6 @@ impl Drop for SessionGauge {
 
 /// Sessions per client address.
 struct PerIp {
-    max: usize,
     open: Mutex<HashMap<IpAddr, usize>>,
 }
 
@@ -105,18 +106,17 @@ struct IpSlot {
 }
 
 impl PerIp {
-    fn new(max: usize) -> PerIp {
+    fn new() -> PerIp {
         PerIp {
-            max,
             open: Mutex::new(HashMap::new()),
         }
     }
 
     /// A slot for `ip`, or `None` if it has `max` sessions already.
-    fn take(table: &Arc<PerIp>, ip: IpAddr) -> Option<IpSlot> {
+    fn take(table: &Arc<PerIp>, ip: IpAddr, max: usize) -> Option<IpSlot> {
         let mut open = table.open.lock().expect("per-ip lock");
         let n = open.entry(ip).or_insert(0);
-        if *n >= table.max {
+        if *n >= max {
             return None;
         }
         *n += 1;
@@ -189,15 +189,15 @@ mod tests {
 
     #[test]
     fn per_ip_slots_are_counted_and_given_back() {
-        let t = Arc::new(PerIp::new(2));
+        let t = Arc::new(PerIp::new());
         let ip: IpAddr = "192.0.2.1".parse().unwrap();
         let other: IpAddr = "192.0.2.2".parse().unwrap();
-        let a = PerIp::take(&t, ip).unwrap();
-        let _b = PerIp::take(&t, ip).unwrap();
-        assert!(PerIp::take(&t, ip).is_none());
-        assert!(PerIp::take(&t, other).is_some());
+        let a = PerIp::take(&t, ip, 2).unwrap();
+        let _b = PerIp::take(&t, ip, 2).unwrap();
+        assert!(PerIp::take(&t, ip, 2).is_none());
+        assert!(PerIp::take(&t, other, 2).is_some());
         drop(a);
-        assert!(PerIp::take(&t, ip).is_some());
+        assert!(PerIp::take(&t, ip, 2).is_some());
         assert!(
             t.open.lock().unwrap().get(&other).is_none(),
             "emptied entries removed"

@@ -18,22 +18,14 @@ use crate::admin::metrics::Metrics;
 use crate::config::Config;
 use crate::delivery::Queue;
 use crate::journal::Journal;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 use tokio_util::sync::CancellationToken;
 
 /// What every session shares.
 pub struct Context {
-    /// Our host name.
-    pub hostname: String,
-    /// Largest message, bytes.
-    pub max_message_size: u64,
-    /// Most recipients per transaction.
-    pub max_recipients: usize,
-    /// Idle timeout per command / data read.
-    pub idle_timeout: Duration,
-    /// The whole config (relay domains).
-    pub config: Arc<Config>,
+    /// The config in force (swapped by a reload; each session keeps the one
+    /// it started with).
+    pub config: RwLock<Arc<Config>>,
     /// Where messages go before `250`.
     pub journal: Journal,
     /// Where accepted messages are announced for delivery.
@@ -45,12 +37,17 @@ pub struct Context {
     /// Inbound STARTTLS, when `[smtp.tls]` is set.
     pub tls: Option<Arc<tls::Tls>>,
     /// Which recipients exist (static list, backend verification).
-    pub recipients: recipients::Recipients,
+    pub recipients: RwLock<Arc<recipients::Recipients>>,
 }
 
 impl Context {
-    /// True if we accept mail for `domain`.
-    pub fn is_relay_domain(&self, domain: &str) -> bool {
-        self.config.is_relay_domain(domain)
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    /// The recipient checks in force now.
+    pub fn recipients(&self) -> Arc<recipients::Recipients> {
+        self.recipients.read().expect("recipients lock").clone()
     }
 }

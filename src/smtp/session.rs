@@ -62,6 +62,9 @@ const RECIPIENT_OVERSHOOT: usize = 1000;
 /// Per-connection state.
 pub struct Session {
     pub(super) ctx: std::sync::Arc<Context>,
+    /// The config in force when the session started: a reload applies to
+    /// the sessions that start after it (like Postfix's smtpd processes).
+    pub(super) cfg: std::sync::Arc<crate::config::Config>,
     /// Client address.
     pub client_ip: IpAddr,
     /// HELO/EHLO name, once given.
@@ -87,6 +90,7 @@ impl Session {
     /// A new session for a client at `client_ip`.
     pub fn new(ctx: std::sync::Arc<Context>, client_ip: IpAddr) -> Session {
         Session {
+            cfg: ctx.config(),
             ctx,
             client_ip,
             helo: None,
@@ -112,7 +116,7 @@ impl Session {
 
     /// The greeting banner.
     pub fn greeting(&self) -> Reply {
-        Reply::new(220, "", format!("{} ESMTP breakwater", self.ctx.hostname))
+        Reply::new(220, "", format!("{} ESMTP breakwater", self.cfg.hostname))
     }
 
     /// Handles one command line: `raw` as received, `parsed` as smtp-proto read
@@ -190,7 +194,7 @@ impl Session {
             // which are well-formed (RFC 1870 allows 20 digits), just too big.
             E::InvalidParameter { param: "SIZE" }
                 if params::check(raw, params::MAIL_PARAMS)
-                    .is_ok_and(|s| s.is_some_and(|n| n > self.ctx.max_message_size)) =>
+                    .is_ok_and(|s| s.is_some_and(|n| n > self.cfg.smtp.max_message_size)) =>
             {
                 Reply::SIZE_EXCEEDED
             }
@@ -216,7 +220,7 @@ impl Session {
             }
         }
         self.errors += 1;
-        self.errors >= self.ctx.config.smtp.max_errors
+        self.errors >= self.cfg.smtp.max_errors
     }
 
     fn on_ehlo(&mut self, host: &str) -> Vec<u8> {
@@ -224,9 +228,9 @@ impl Session {
         self.esmtp = true;
         self.tx = None;
         let mut lines = vec![
-            format!("{} greets {}", self.ctx.hostname, host),
+            format!("{} greets {}", self.cfg.hostname, host),
             "PIPELINING".into(),
-            format!("SIZE {}", self.ctx.max_message_size),
+            format!("SIZE {}", self.cfg.smtp.max_message_size),
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
@@ -249,7 +253,7 @@ impl Session {
         self.helo = Some(host.to_owned());
         self.esmtp = false;
         self.tx = None;
-        Reply::new(250, "", self.ctx.hostname.clone())
+        Reply::new(250, "", self.cfg.hostname.clone())
     }
 
     fn on_starttls(&mut self) -> Next {
@@ -287,7 +291,7 @@ impl Session {
             Ok(size) => size.unwrap_or(0),
             Err(reply) => return reply,
         };
-        if size > self.ctx.max_message_size {
+        if size > self.cfg.smtp.max_message_size {
             return Reply::SIZE_EXCEEDED;
         }
         let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
@@ -328,7 +332,7 @@ impl Session {
     }
 
     fn on_rcpt(&mut self, to: RcptTo<Cow<'_, str>>, raw: &[u8]) -> Next {
-        let max = self.ctx.max_recipients;
+        let max = self.cfg.smtp.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return Next::Reply(Reply::NEED_MAIL);
         };
@@ -345,7 +349,7 @@ impl Session {
             return Next::Reply(Reply::NEED_SMTPUTF8);
         }
         let address =
-            match address::check_recipient(&to.address, raw, |d| self.ctx.is_relay_domain(d)) {
+            match address::check_recipient(&to.address, raw, |d| self.cfg.is_relay_domain(d)) {
                 Ok(a) => a,
                 Err(reply) => return Next::Reply(reply),
             };

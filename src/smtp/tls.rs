@@ -44,13 +44,13 @@ pub enum Error {
 pub struct Tls {
     resolver: Arc<Resolver>,
     acceptor: TlsAcceptor,
-    cert: PathBuf,
-    key: PathBuf,
+    /// Where the pair was read from (a reload may name other files).
+    files: std::sync::Mutex<(PathBuf, PathBuf)>,
 }
 
 impl std::fmt::Debug for Tls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tls").field("cert", &self.cert).finish()
+        f.debug_struct("Tls").field("files", &self.files).finish()
     }
 }
 
@@ -76,16 +76,28 @@ impl Tls {
         Ok(Tls {
             resolver,
             acceptor: TlsAcceptor::from(Arc::new(config)),
-            cert: cfg.cert.clone(),
-            key: cfg.key.clone(),
+            files: std::sync::Mutex::new((cfg.cert.clone(), cfg.key.clone())),
         })
     }
 
     /// Re-reads the certificate and key; on error the current pair stays.
     pub fn reload(&self) -> Result<(), Error> {
-        let key = load_pair(&self.cert, &self.key)?;
+        let (cert, key) = self.files.lock().expect("tls files lock").clone();
+        self.reload_from(&SmtpTls { cert, key })
+    }
+
+    /// Reads the pair named in a reloaded `[smtp.tls]` and uses it for the
+    /// next handshakes; on error the current pair (and files) stay.
+    pub fn reload_from(&self, cfg: &SmtpTls) -> Result<(), Error> {
+        let key = load_pair(&cfg.cert, &cfg.key)?;
         *self.resolver.0.write().expect("certificate lock") = Arc::new(key);
+        *self.files.lock().expect("tls files lock") = (cfg.cert.clone(), cfg.key.clone());
         Ok(())
+    }
+
+    /// Checks that the pair named in `cfg` loads, without using it.
+    pub fn check(cfg: &SmtpTls) -> Result<(), Error> {
+        load_pair(&cfg.cert, &cfg.key).map(|_| ())
     }
 
     /// The acceptor for the next handshake.

@@ -1,0 +1,194 @@
+//! SIGHUP (and `POST /api/reload`) re-read the config file: a backend's new
+//! address takes the mail with nothing lost in flight; a quiet window added by
+//! a reload holds delivery and removing it resumes; a broken file changes
+//! nothing, is counted, and the relay keeps serving.
+
+mod common;
+mod process;
+use common::*;
+use process::Daemon;
+use std::time::Duration;
+
+const LOOK: Duration = Duration::from_millis(1500);
+
+fn config_path(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join("breakwater.toml")
+}
+
+fn edit(dir: &std::path::Path, f: impl FnOnce(String) -> String) {
+    let path = config_path(dir);
+    let text = std::fs::read_to_string(&path).expect("read config");
+    std::fs::write(&path, f(text)).expect("write config");
+}
+
+async fn send(smtp: std::net::SocketAddr, n: usize, tag: &str) {
+    let mut c = Client::connect(smtp).await;
+    c.ehlo("client.test").await;
+    for i in 0..n {
+        let data = format!("Subject: {tag}-{i}\r\n\r\nbody\r\n");
+        let r = c
+            .send_message("s@client.test", &["a@example.com"], data.as_bytes())
+            .await;
+        assert!(r.matches("250"), "{r}");
+    }
+    c.quit().await;
+}
+
+async fn metric(d: &Daemon, name: &str) -> f64 {
+    let (_, body) = http(d.admin, "GET", "/metrics").await;
+    metric_value(&body, name).unwrap_or_else(|| panic!("{name} missing"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_backend_address_takes_the_mail_and_nothing_in_flight_is_lost() {
+    let old = Backend::start().await;
+    let new = Backend::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(tmp.path(), &[old.addr()], "", "").await;
+    send(d.smtp, 2, "before").await;
+    assert_eq!(old.wait_for(2, Duration::from_secs(10)).await.len(), 2);
+
+    // A delivery in flight (slow DATA at the old address) while the reload
+    // moves the backend.
+    old.set_data_delay(Duration::from_millis(1500));
+    send(d.smtp, 1, "in-flight").await;
+    assert!(
+        wait_until_async(Duration::from_secs(5), || old
+            .commands()
+            .iter()
+            .filter(|c| c.to_ascii_uppercase().starts_with("MAIL FROM"))
+            .count()
+            >= 3)
+        .await
+    );
+    edit(tmp.path(), |t| {
+        t.replace(&old.addr().to_string(), &new.addr().to_string())
+    });
+    d.hup();
+    send(d.smtp, 3, "after").await;
+    assert_eq!(new.wait_for(3, Duration::from_secs(15)).await.len(), 3);
+    assert_eq!(
+        old.wait_for(3, Duration::from_secs(10)).await.len(),
+        3,
+        "the delivery in flight was lost"
+    );
+    assert!(
+        !wait_until_async(LOOK, || new.count() > 3 || old.count() > 3).await,
+        "something was delivered twice"
+    );
+    assert!(d.is_running());
+    assert!(d.log().contains("backend b0 moved"), "{}", d.log());
+    let (_, body) = http(d.admin, "GET", "/api/backends").await;
+    assert!(body.contains(&new.addr().to_string()), "{body}");
+    assert!(
+        metric(
+            &d,
+            "breakwater_config_last_reload_success_timestamp_seconds"
+        )
+        .await
+            > 0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_added_by_reload_holds_and_removing_it_resumes() {
+    let backend = Backend::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(tmp.path(), &[backend.addr()], "", "").await;
+    edit(tmp.path(), |t| {
+        t + "\n[[quiet_time]]\nname = \"emergency\"\nfrom = \"2020-01-01T00:00:00Z\"\nuntil = \"2099-01-01T00:00:00Z\"\n"
+    });
+    d.hup();
+    assert!(
+        wait_until_async(Duration::from_secs(5), || d
+            .log()
+            .contains("config reloaded"))
+        .await,
+        "{}",
+        d.log()
+    );
+    send(d.smtp, 2, "held").await;
+    assert!(
+        !wait_until_async(LOOK, || backend.count() > 0).await,
+        "delivered inside the window"
+    );
+    assert_eq!(metric(&d, "breakwater_quiet_time_active").await, 1.0);
+
+    edit(tmp.path(), |t| {
+        t.split("\n[[quiet_time]]").next().unwrap().to_owned()
+    });
+    d.hup();
+    assert_eq!(backend.wait_for(2, Duration::from_secs(10)).await.len(), 2);
+    assert_eq!(metric(&d, "breakwater_quiet_time_active").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_file_changes_nothing_and_is_counted() {
+    let backend = Backend::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(tmp.path(), &[backend.addr()], "", "").await;
+    let good = std::fs::read_to_string(config_path(tmp.path())).unwrap();
+    let since = metric(
+        &d,
+        "breakwater_config_last_reload_success_timestamp_seconds",
+    )
+    .await;
+    // A value of the wrong type, and an unknown backend in a window.
+    edit(tmp.path(), |t| {
+        t.replace("[delivery]\n", "[delivery]\nconcurrency = \"many\"\n")
+    });
+    d.hup();
+    assert!(
+        wait_until_async(Duration::from_secs(5), || d
+            .log()
+            .contains("config reload refused"))
+        .await,
+        "{}",
+        d.log()
+    );
+    assert!(
+        d.log().contains("delivery.concurrency"),
+        "the key path is named:\n{}",
+        d.log()
+    );
+    assert_eq!(
+        metric(&d, "breakwater_config_reload_failures_total").await,
+        1.0
+    );
+    assert!(d.is_running());
+    send(d.smtp, 1, "still").await;
+    assert_eq!(backend.wait_for(1, Duration::from_secs(10)).await.len(), 1);
+
+    std::fs::write(
+        config_path(tmp.path()),
+        good.clone() + "\n[[quiet_time]]\nname = \"w\"\nbackends = [\"nosuch\"]\nfrom = \"2020-01-01T00:00:00Z\"\nuntil = \"2099-01-01T00:00:00Z\"\n",
+    )
+    .unwrap();
+    let (code, body) = http(d.admin, "POST", "/api/reload").await;
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("quiet_time[0].backends[0]"), "{body}");
+    assert_eq!(
+        metric(&d, "breakwater_config_reload_failures_total").await,
+        2.0
+    );
+    send(d.smtp, 1, "not-held").await;
+    assert_eq!(
+        backend.wait_for(2, Duration::from_secs(10)).await.len(),
+        2,
+        "the refused window was applied"
+    );
+    assert_eq!(
+        metric(
+            &d,
+            "breakwater_config_last_reload_success_timestamp_seconds"
+        )
+        .await,
+        since
+    );
+
+    // And a good file through the API works.
+    std::fs::write(config_path(tmp.path()), good).unwrap();
+    let (code, body) = http(d.admin, "POST", "/api/reload").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("reloaded"), "{body}");
+}
