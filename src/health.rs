@@ -95,6 +95,8 @@ struct Entry {
     address: String,
     circuit: Mutex<Circuit>,
     wake: Notify,
+    /// The last probe: when (Unix ms) and whether it passed.
+    last_probe: Mutex<Option<(i64, bool)>>,
 }
 
 impl Entry {
@@ -105,6 +107,7 @@ impl Entry {
             address: b.address.clone(),
             circuit: Mutex::new(Circuit::new(h.fall, h.rise)),
             wake: Notify::new(),
+            last_probe: Mutex::new(None),
         })
     }
 }
@@ -169,6 +172,12 @@ impl Health {
     pub fn is_up(&self, backend: &str) -> bool {
         self.entry(backend)
             .is_some_and(|e| e.circuit.lock().expect("circuit").is_up())
+    }
+
+    /// The last probe of `backend`: when (Unix ms) and whether it passed.
+    pub fn last_probe(&self, backend: &str) -> Option<(i64, bool)> {
+        self.entry(backend)
+            .and_then(|e| *e.last_probe.lock().expect("probe lock"))
     }
 
     /// True if any backend is up.
@@ -290,6 +299,10 @@ pub async fn monitor(
                 };
                 if let Err(e) = &result {
                     tracing::debug!(backend = %b.name, "probe failed: {e}");
+                }
+                if let Some(e) = health.entry(&b.name) {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    *e.last_probe.lock().expect("probe lock") = Some((now, result.is_ok()));
                 }
                 health.report(&b.name, result.is_ok());
             }

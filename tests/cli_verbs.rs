@@ -242,6 +242,20 @@ async fn hold_one_while_the_rest_flows_then_release() {
     let got = backend.wait_for(3, Duration::from_secs(10)).await;
     assert_eq!(got.len(), 3);
     assert_eq!(bw(&d, &["queue", "hold", "00000000000000AB"]).await.code, 1);
+
+    // The whole queue: held (mail still accepted), then released.
+    assert_eq!(bw(&d, &["queue", "hold"]).await.code, 0);
+    send(d.smtp, &["d@example.com"]).await;
+    assert!(
+        !wait_until_async(LOOK, || backend.count() > 3).await,
+        "delivered while the queue is held"
+    );
+    let status = bw(&d, &["status"]).await;
+    assert!(status.stdout.contains("HELD"), "{}", status.stdout);
+    assert_eq!(bw(&d, &["queue", "release"]).await.code, 0);
+    assert_eq!(backend.wait_for(4, Duration::from_secs(10)).await.len(), 4);
+    let backends = bw(&d, &["status", "--json"]).await.json();
+    assert_eq!(backends["backends"][0]["last_probe_ok"], true, "{backends}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

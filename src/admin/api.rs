@@ -519,6 +519,11 @@ pub struct BackendView {
     pub windows: Vec<String>,
     /// Mail may go to it now (up, no window, queue not held).
     pub open: bool,
+    /// When the health monitor last probed it (RFC 3339), and the result.
+    #[serde(default)]
+    pub last_probe: Option<String>,
+    #[serde(default)]
+    pub last_probe_ok: Option<bool>,
 }
 
 fn backend_views(state: &State) -> Vec<BackendView> {
@@ -526,12 +531,19 @@ fn backend_views(state: &State) -> Vec<BackendView> {
     let backends = state.backends.read().expect("backends lock").clone();
     backends
         .into_iter()
-        .map(|(name, address)| BackendView {
-            up: gate.health().is_up(&name),
-            windows: gate.windows_for(&name),
-            open: gate.is_open_for(&name),
-            name,
-            address,
+        .map(|(name, address)| {
+            let probe = gate.health().last_probe(&name);
+            BackendView {
+                last_probe: probe
+                    .and_then(|(ms, _)| DateTime::from_timestamp_millis(ms))
+                    .map(|t| t.to_rfc3339()),
+                last_probe_ok: probe.map(|(_, ok)| ok),
+                up: gate.health().is_up(&name),
+                windows: gate.windows_for(&name),
+                open: gate.is_open_for(&name),
+                name,
+                address,
+            }
         })
         .collect()
 }
