@@ -102,6 +102,22 @@ impl Rejection {
     }
 }
 
+/// Registers `m` in `registry` and returns it.
+fn register<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
+    registry
+        .register(Box::new(m.clone()))
+        .expect("unique metric");
+    m
+}
+
+/// A labelled gauge family.
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric"),
+    )
+}
+
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
@@ -131,17 +147,12 @@ impl Metrics {
         registry
             .register(Box::new(delivery_attempts.clone()))
             .expect("unique metric");
-        let backend_up = IntGaugeVec::new(
-            Opts::new(
-                "breakwater_backend_up",
-                "1 if the last health probe succeeded",
-            ),
-            &["backend"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(backend_up.clone()))
-            .expect("unique metric");
+        let backend_up = gauge_vec(
+            &registry,
+            "breakwater_backend_up",
+            "1 if the last health probe succeeded",
+            "backend",
+        );
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
             registry
@@ -159,39 +170,29 @@ impl Metrics {
             "Inbound sessions that completed STARTTLS, by TLS version",
             "version",
         );
-        let queue_messages = IntGaugeVec::new(
-            Opts::new(
-                "breakwater_queue_messages",
-                "Messages in the queue by state: due, deferred, held, in_flight",
-            ),
-            &["state"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(queue_messages.clone()))
-            .expect("unique metric");
-        let delivery_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "breakwater_delivery_duration_seconds",
-                "Time from arrival to final delivery, per message",
+        let queue_messages = gauge_vec(
+            &registry,
+            "breakwater_queue_messages",
+            "Messages in the queue by state: due, deferred, held, in_flight",
+            "state",
+        );
+        let delivery_duration = register(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "breakwater_delivery_duration_seconds",
+                    "Time from arrival to final delivery, per message",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
             )
-            .buckets(DURATION_BUCKETS.to_vec()),
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(delivery_duration.clone()))
-            .expect("unique metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "breakwater_build_info",
-                "1, labelled with the version running",
-            ),
-            &["version"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique metric");
+            .expect("valid metric"),
+        );
+        let build_info = gauge_vec(
+            &registry,
+            "breakwater_build_info",
+            "1, labelled with the version running",
+            "version",
+        );
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
