@@ -92,4 +92,32 @@ mod tests {
             "clock behind: no negative age"
         );
     }
+
+    /// What `/metrics` does at a scrape, under controlled time: the age comes
+    /// from the dispatcher's clock, so it grows while nothing else happens
+    /// (the outage of issue 7: 30 s and 80 s of waiting read 0 before).
+    #[tokio::test(start_paused = true)]
+    async fn scraped_age_follows_the_clock_during_a_quiet_outage() {
+        use crate::admin::metrics::Metrics;
+        use crate::delivery::dispatcher::Clock;
+        use std::time::Duration;
+        let clock = Clock::new();
+        let metrics = Metrics::new();
+        let stats = QueueStats::default();
+        stats.publish(Snapshot {
+            depth: 1,
+            oldest: Some(QueueId(clock.now_ms() * 1000)),
+            deferred: 1,
+            ..Snapshot::default()
+        });
+        for (wait, want) in [(30, 30), (50, 80)] {
+            tokio::time::advance(Duration::from_secs(wait)).await;
+            metrics.refresh_queue(&stats.read(), clock.now_ms());
+            assert_eq!(metrics.queue_oldest_age_seconds.get(), want);
+            assert_eq!(metrics.queue_depth.get(), 1);
+        }
+        stats.publish(Snapshot::default());
+        metrics.refresh_queue(&stats.read(), clock.now_ms());
+        assert_eq!(metrics.queue_oldest_age_seconds.get(), 0, "0 once drained");
+    }
 }
