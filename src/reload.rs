@@ -105,7 +105,13 @@ impl Reloader {
         if let (Some(tls), Some(t)) = (&self.ctx.tls, &new.smtp.tls) {
             tls.reload_from(t).map_err(|e| format!("smtp.tls: {e}"))?;
         }
-        self.ctx.queue.reconfigure(&new)?;
+        let key = |c: &Config| {
+            c.backend
+                .iter()
+                .map(|b| (b.name.clone(), b.address.clone(), b.priority))
+                .collect::<Vec<_>>()
+        };
+        self.ctx.queue.reconfigure(&new, key(&old) != key(&new))?;
         self.health.reconfigure(&new.backend, &new.health);
         let new = Arc::new(new);
         *self.ctx.recipients.write().expect("recipients lock") = Arc::new(recipients);

@@ -192,3 +192,61 @@ async fn a_broken_file_changes_nothing_and_is_counted() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("reloaded"), "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_window_by_reload_sends_the_deferred_backlog_now_and_a_plain_reload_does_not() {
+    let backend = Backend::start().await;
+    backend.set_rcpt_reply("a@", "451 4.2.1 try later");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let extra = "[delivery]\nretry = [\"1h\"]\nshutdown_grace = \"2s\"\n";
+    let mut d = Daemon::start(tmp.path(), &[backend.addr()], "", extra).await;
+    send(d.smtp, 1, "deferred").await;
+    assert!(
+        wait_until_async(Duration::from_secs(10), || backend
+            .commands()
+            .iter()
+            .any(|c| c.contains("RCPT")))
+        .await
+    );
+    backend.clear_rcpt_replies();
+    // A reload that changes nothing keeps the retry schedule (an hour away).
+    d.hup();
+    assert!(
+        wait_until_async(Duration::from_secs(5), || d
+            .log()
+            .contains("config reloaded"))
+        .await
+    );
+    assert!(
+        !wait_until_async(LOOK, || backend.count() > 0).await,
+        "a plain reload flushed the queue"
+    );
+    // A window comes and goes by reload: its end sends the backlog at once.
+    let plain = std::fs::read_to_string(config_path(tmp.path())).unwrap();
+    std::fs::write(
+        config_path(tmp.path()),
+        plain.clone() + "\n[[quiet_time]]\nname = \"w\"\nfrom = \"2020-01-01T00:00:00Z\"\nuntil = \"2099-01-01T00:00:00Z\"\n",
+    )
+    .unwrap();
+    d.hup();
+    assert!(wait_until_async(Duration::from_secs(5), || metric_now(&d) == 1.0).await);
+    std::fs::write(config_path(tmp.path()), plain).unwrap();
+    d.hup();
+    assert_eq!(
+        backend.wait_for(1, Duration::from_secs(10)).await.len(),
+        1,
+        "the backlog waited for its retry time"
+    );
+}
+
+fn metric_now(d: &Daemon) -> f64 {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(d.admin) else {
+        return -1.0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {}\r\n\r\n", d.admin);
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    metric_value(&out, "breakwater_quiet_time_active").unwrap_or(-1.0)
+}

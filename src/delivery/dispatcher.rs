@@ -272,6 +272,8 @@ impl Dispatcher {
                 live,
                 concurrency,
                 drain_rate,
+                backends_changed,
+                was_open,
             } => {
                 let old =
                     std::mem::replace(&mut *self.shared.live.write().expect("live lock"), live);
@@ -279,7 +281,14 @@ impl Dispatcher {
                 // Idle connections to the old backends go; attempts in flight
                 // finish on the connections they have.
                 tokio::spawn(async move { old.backends.close_idle().await });
-                self.make_all_due("configuration reloaded");
+                if backends_changed {
+                    // New or moved backends: what waits for a retry tries them now.
+                    // A reload that leaves them alone keeps the retry schedule.
+                    self.make_all_due("backends changed by a reload");
+                } else {
+                    // A window removed by the reload: the backlog goes now.
+                    self.reopen_if_opened(was_open, "a reload opened the gate");
+                }
             }
             Event::HoldMessage { id, held, done } => {
                 let result = match self.hold_message(id, held) {

@@ -43,6 +43,10 @@ pub(crate) enum Event {
         live: Arc<dispatcher::Live>,
         concurrency: usize,
         drain_rate: Option<f64>,
+        /// Backends were added, moved or re-prioritised: deferred mail goes now.
+        backends_changed: bool,
+        /// The gate was open before (if the reload opens it, the backlog goes).
+        was_open: bool,
     },
     /// Hold (`held = true`) or release one message; answered once persisted.
     HoldMessage {
@@ -190,13 +194,14 @@ impl Queue {
 
     /// Takes a reloaded config: windows and backend names at the gate now,
     /// delivery settings for the attempts that start from now on.
-    pub fn reconfigure(&self, config: &Config) -> Result<(), String> {
+    pub fn reconfigure(&self, config: &Config, backends_changed: bool) -> Result<(), String> {
         let quiet = QuietTime::from_config(&config.quiet_time).map_err(|ps| {
             ps.iter()
                 .map(|p| format!("{}: {}", p.key, p.message))
                 .collect::<Vec<_>>()
                 .join("; ")
         })?;
+        let was_open = self.gate.is_open();
         self.gate.reconfigure(
             quiet,
             config.backend.iter().map(|b| b.name.clone()).collect(),
@@ -205,6 +210,8 @@ impl Queue {
             live: Arc::new(live(config, &self.gate)),
             concurrency: config.delivery.concurrency,
             drain_rate: config.delivery.drain_rate,
+            backends_changed,
+            was_open,
         });
         Ok(())
     }
