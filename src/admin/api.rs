@@ -23,7 +23,7 @@ type S = AxState<Arc<State>>;
 pub const MAX_PAGE: usize = 1000;
 /// Most records one page looks at (a selective filter on a large queue
 /// answers with fewer messages and a cursor to go on from).
-const MAX_SCAN: usize = 20_000;
+const MAX_SCAN: usize = 5_000;
 
 pub(super) fn routes() -> Router<Arc<State>> {
     Router::new()
