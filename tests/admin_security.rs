@@ -202,3 +202,38 @@ async fn bad_input_gets_json_errors_and_bounded_requests() {
         "{head}"
     );
 }
+
+/// A client that never finishes its request head is dropped (10 s head
+/// deadline), so it cannot hold one of the 64 admin slots for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_never_finishes_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let backend = Backend::start().await;
+    let relay = Relay::start(&[backend.addr()], "").await;
+    let mut s = tokio::net::TcpStream::connect(relay.admin)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /api/queue HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 512];
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(_) => {} // a 408 may come first
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
+    assert!(closed, "the half-sent request was still open after 20 s");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(5),
+        "dropped too early"
+    );
+    // The API still answers others.
+    let (code, _) = relay.http("GET", "/api/status").await;
+    assert_eq!(code, 200);
+}
