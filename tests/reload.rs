@@ -250,3 +250,37 @@ fn metric_now(d: &Daemon) -> f64 {
     let _ = s.read_to_string(&mut out);
     metric_value(&out, "breakwater_quiet_time_active").unwrap_or(-1.0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_backend_s_mail_goes_to_the_others() {
+    let mut first = Backend::start().await;
+    let second = Backend::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(tmp.path(), &[first.addr(), second.addr()], "", "").await;
+    // b0 (preferred) stops answering: mail waits for it... then b0 is removed.
+    first.stop().await;
+    edit(tmp.path(), |t| {
+        let start = t.find("[[backend]]\nname = \"b0\"").expect("b0 section");
+        let end = start
+            + t[start..]
+                .find("[[backend]]\nname = \"b1\"")
+                .expect("b1 section");
+        format!("{}{}", &t[..start], &t[end..])
+    });
+    d.hup();
+    assert!(
+        wait_until_async(Duration::from_secs(5), || d
+            .log()
+            .contains("backend b0 removed"))
+        .await,
+        "{}",
+        d.log()
+    );
+    send(d.smtp, 3, "rerouted").await;
+    assert_eq!(second.wait_for(3, Duration::from_secs(10)).await.len(), 3);
+    let (_, body) = http(d.admin, "GET", "/metrics").await;
+    assert!(
+        !body.contains("backend=\"b0\""),
+        "b0 still exported:\n{body}"
+    );
+}
