@@ -5,7 +5,7 @@
 use super::State;
 use crate::config::Dur;
 use crate::delivery::QueueError;
-use crate::journal::{AttemptLog, BackendReply, QueueId, RcptState, Record};
+use crate::journal::{AttemptLog, BackendReply, Look, QueueId, RcptState, Record};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -239,7 +239,37 @@ struct Filter {
     arrived_before_ms: Option<u64>,
 }
 
+/// Ids are arrival microseconds, raised by at most one per message in a
+/// burst: a record whose id is this far past the `older_than` bound arrived
+/// after it, and so did every later one.
+const ID_SLACK_MS: u64 = 60_000;
+
 impl Filter {
+    /// A cheap look at the stored JSON: skips records that cannot match (the
+    /// bytes a match must contain are missing) and stops at the first record
+    /// too new for `older_than`. [`Filter::keeps`] decides on the rest.
+    fn look(&self, id: QueueId, raw: &[u8]) -> Look {
+        if let Some(t) = self.arrived_before_ms
+            && id.0 / 1000 > t.saturating_add(ID_SLACK_MS)
+        {
+            return Look::Stop;
+        }
+        let needle = match self.state.as_deref() {
+            None => None,
+            Some("held") => Some("\"held\":true".to_owned()),
+            Some(s) => Some(format!("\"state\":\"{s}\"")),
+        };
+        if needle.is_some_and(|n| !contains(raw, n.as_bytes(), false)) {
+            return Look::Skip;
+        }
+        if let Some(d) = &self.domain
+            && !contains(raw, format!("@{d}\"").as_bytes(), true)
+        {
+            return Look::Skip;
+        }
+        Look::Decode
+    }
+
     fn keeps(&self, r: &Record) -> bool {
         if let Some(t) = self.arrived_before_ms
             && r.envelope.arrived_ms > t
@@ -261,6 +291,18 @@ impl Filter {
             Some(s) => r.rcpts.iter().any(|x| state_name(&x.state) == s),
         }
     }
+}
+
+/// True if `needle` occurs in `hay` (ASCII case-insensitively with `fold`).
+fn contains(hay: &[u8], needle: &[u8], fold: bool) -> bool {
+    needle.is_empty()
+        || hay.windows(needle.len()).any(|w| {
+            if fold {
+                w.eq_ignore_ascii_case(needle)
+            } else {
+                w == needle
+            }
+        })
 }
 
 fn state_name(s: &RcptState) -> &'static str {
@@ -311,7 +353,13 @@ async fn list(AxState(state): S, q: Result<Query<ListQuery>, QueryRejection>) ->
     };
     let journal = state.journal.clone();
     let page = tokio::task::spawn_blocking(move || {
-        journal.page(after, limit, MAX_SCAN, |r| filter.keeps(r))
+        journal.page(
+            after,
+            limit,
+            MAX_SCAN,
+            |id, raw| filter.look(id, raw),
+            |r| filter.keeps(r),
+        )
     })
     .await;
     match page {
@@ -602,5 +650,129 @@ async fn reload(AxState(state): S) -> Response {
             format!("reload refused, the running configuration stays: {why}"),
         ),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{Envelope, MailParams, Recipient};
+
+    fn record(id: u64, held: bool, rcpts: &[(&str, RcptState)]) -> Record {
+        Record {
+            id: QueueId(id),
+            envelope: Envelope {
+                mail_from: "s@client.test".into(),
+                params: MailParams::default(),
+                client_ip: "127.0.0.1".parse().unwrap(),
+                helo: "c".into(),
+                tls: None,
+                arrived_ms: id / 1000,
+            },
+            rcpts: rcpts
+                .iter()
+                .map(|(a, s)| Recipient {
+                    address: (*a).into(),
+                    orcpt: None,
+                    notify: 0,
+                    state: s.clone(),
+                    dsn_sent: false,
+                })
+                .collect(),
+            size: 1,
+            attempts: 0,
+            next_attempt_ms: 0,
+            held,
+            bounce: false,
+            delay_warned: false,
+            history: Vec::new(),
+        }
+    }
+
+    /// The cheap look never skips a record the full filter keeps, and stops
+    /// only past every record old enough.
+    #[test]
+    fn look_agrees_with_keeps() {
+        let deferred = RcptState::Deferred {
+            reply: "451 4.2.1 later".into(),
+            attempts: 1,
+        };
+        let records = [
+            record(
+                1_000_000_000,
+                false,
+                &[("a@Example.COM", RcptState::Pending)],
+            ),
+            record(2_000_000_000, true, &[("b@other.test", deferred.clone())]),
+            record(
+                3_000_000_000,
+                false,
+                &[
+                    ("c@example.com", deferred),
+                    ("d@x.test", RcptState::Pending),
+                ],
+            ),
+            record(
+                9_000_000_000,
+                false,
+                &[(
+                    "e@example.com",
+                    RcptState::Failed {
+                        reply: "550 no".into(),
+                    },
+                )],
+            ),
+        ];
+        let states = [
+            None,
+            Some("held"),
+            Some("deferred"),
+            Some("pending"),
+            Some("failed"),
+            Some("delivered"),
+        ];
+        let domains = [
+            None,
+            Some("example.com"),
+            Some("other.test"),
+            Some("nowhere.test"),
+        ];
+        let bounds = [None, Some(2_500_000), Some(100)];
+        for state in states {
+            for domain in domains {
+                for bound in bounds {
+                    let f = Filter {
+                        state: state.map(str::to_owned),
+                        domain: domain.map(str::to_owned),
+                        arrived_before_ms: bound,
+                    };
+                    let mut stopped = false;
+                    for r in &records {
+                        let look = f.look(r.id, &r.encode());
+                        if look == Look::Stop {
+                            stopped = true;
+                        }
+                        if f.keeps(r) {
+                            assert!(
+                                !stopped && look == Look::Decode,
+                                "{state:?} {domain:?} {bound:?}: {r:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let f = Filter {
+            state: None,
+            domain: None,
+            arrived_before_ms: Some(100),
+        };
+        assert_eq!(f.look(QueueId(9_000_000_000), b"{}"), Look::Stop);
+        let f = Filter {
+            state: Some("held".into()),
+            domain: None,
+            arrived_before_ms: None,
+        };
+        assert_eq!(f.look(QueueId(1), &records[0].encode()), Look::Skip);
     }
 }

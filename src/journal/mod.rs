@@ -52,6 +52,18 @@ pub(crate) const SETTINGS: TableDefinition<&str, u64> = TableDefinition::new("se
 /// Named documents (JSON): ad-hoc quiet windows under `quiet/NAME`.
 pub(crate) const DOCUMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("documents");
 
+/// What [`Journal::page`] does with a stored record, judged from its id and
+/// its raw bytes before decoding them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Look {
+    /// It cannot match: next.
+    Skip,
+    /// It may match: decode it and ask `keep`.
+    Decode,
+    /// Neither it nor any later (newer) record can match: the page ends.
+    Stop,
+}
+
 /// Journal failures. Sessions answer `452 4.3.1` to [`Error::Full`] and
 /// [`Error::LowSpace`] and `451 4.3.0` to everything else; none of them is
 /// ever a `250`.
@@ -365,6 +377,7 @@ impl Journal {
         after: Option<QueueId>,
         limit: usize,
         scan: usize,
+        mut look: impl FnMut(QueueId, &[u8]) -> Look,
         mut keep: impl FnMut(&Record) -> bool,
     ) -> Result<(Vec<Record>, Option<QueueId>), Error> {
         let db = self.inner.shared.db()?;
@@ -381,6 +394,11 @@ impl Journal {
                 return Ok((out, last));
             }
             last = Some(id);
+            match look(id, v.value()) {
+                Look::Skip => continue,
+                Look::Stop => return Ok((out, None)),
+                Look::Decode => {}
+            }
             let r = Record::decode(v.value()).map_err(|source| Error::Unreadable { id, source })?;
             if keep(&r) {
                 out.push(r);
