@@ -74,7 +74,7 @@ impl Reloader {
                 .reload_files(&old)
                 .map(|()| "certificate and recipient list re-read".into());
         };
-        let new = match Config::load(&path) {
+        let mut new = match Config::load(&path) {
             Ok(c) => c,
             Err(config::Error::Invalid(problems)) => {
                 for p in &problems {
@@ -88,7 +88,6 @@ impl Reloader {
             }
             Err(e) => return Err(e.to_string()),
         };
-        let mut new = new;
         let restart = self.keep_running_values(&old, &mut new);
         // Everything that can fail is tried before anything changes.
         if let (Some(_), Some(t)) = (&self.ctx.tls, &new.smtp.tls) {

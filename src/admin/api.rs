@@ -237,6 +237,10 @@ struct Filter {
     state: Option<String>,
     domain: Option<String>,
     arrived_before_ms: Option<u64>,
+    /// Bytes the stored JSON of a match must contain (from `state`), and
+    /// must contain ignoring ASCII case (from `domain`): see [`Filter::look`].
+    state_bytes: Option<Vec<u8>>,
+    domain_bytes: Option<Vec<u8>>,
 }
 
 /// Ids are arrival microseconds, raised by at most one per message in a
@@ -245,6 +249,25 @@ struct Filter {
 const ID_SLACK_MS: u64 = 60_000;
 
 impl Filter {
+    fn new(
+        state: Option<String>,
+        domain: Option<String>,
+        arrived_before_ms: Option<u64>,
+    ) -> Filter {
+        let state_bytes = state.as_deref().map(|s| match s {
+            "held" => b"\"held\":true".to_vec(),
+            s => format!("\"state\":\"{s}\"").into_bytes(),
+        });
+        let domain_bytes = domain.as_deref().map(|d| format!("@{d}\"").into_bytes());
+        Filter {
+            state,
+            domain,
+            arrived_before_ms,
+            state_bytes,
+            domain_bytes,
+        }
+    }
+
     /// A cheap look at the stored JSON: skips records that cannot match (the
     /// bytes a match must contain are missing) and stops at the first record
     /// too new for `older_than`. [`Filter::keeps`] decides on the rest.
@@ -254,17 +277,10 @@ impl Filter {
         {
             return Look::Stop;
         }
-        let needle = match self.state.as_deref() {
-            None => None,
-            Some("held") => Some("\"held\":true".to_owned()),
-            Some(s) => Some(format!("\"state\":\"{s}\"")),
+        let lacks = |needle: &Option<Vec<u8>>, fold| {
+            needle.as_ref().is_some_and(|n| !contains(raw, n, fold))
         };
-        if needle.is_some_and(|n| !contains(raw, n.as_bytes(), false)) {
-            return Look::Skip;
-        }
-        if let Some(d) = &self.domain
-            && !contains(raw, format!("@{d}\"").as_bytes(), true)
-        {
+        if lacks(&self.state_bytes, false) || lacks(&self.domain_bytes, true) {
             return Look::Skip;
         }
         Look::Decode
@@ -344,13 +360,12 @@ async fn list(AxState(state): S, q: Result<Query<ListQuery>, QueryRejection>) ->
         },
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let filter = Filter {
-        state: q.state,
-        domain: q
-            .domain
+    let filter = Filter::new(
+        q.state,
+        q.domain
             .map(|d| d.trim().trim_start_matches('@').to_owned()),
         arrived_before_ms,
-    };
+    );
     let journal = state.journal.clone();
     let page = tokio::task::spawn_blocking(move || {
         journal.page(
@@ -741,11 +756,7 @@ mod tests {
         for state in states {
             for domain in domains {
                 for bound in bounds {
-                    let f = Filter {
-                        state: state.map(str::to_owned),
-                        domain: domain.map(str::to_owned),
-                        arrived_before_ms: bound,
-                    };
+                    let f = Filter::new(state.map(str::to_owned), domain.map(str::to_owned), bound);
                     let mut stopped = false;
                     for r in &records {
                         let look = f.look(r.id, &r.encode());
@@ -762,17 +773,9 @@ mod tests {
                 }
             }
         }
-        let f = Filter {
-            state: None,
-            domain: None,
-            arrived_before_ms: Some(100),
-        };
+        let f = Filter::new(None, None, Some(100));
         assert_eq!(f.look(QueueId(9_000_000_000), b"{}"), Look::Stop);
-        let f = Filter {
-            state: Some("held".into()),
-            domain: None,
-            arrived_before_ms: None,
-        };
+        let f = Filter::new(Some("held".into()), None, None);
         assert_eq!(f.look(QueueId(1), &records[0].encode()), Look::Skip);
     }
 }

@@ -156,7 +156,7 @@ impl Dispatcher {
                 self.send_warnings();
                 self.launch();
             }
-            self.update_gauges();
+            self.publish_stats();
             let wake = self.next_wake();
             let quiet_change = self.next_quiet_change();
             let was_open = self.shared.gate.is_open();
@@ -555,9 +555,10 @@ impl Dispatcher {
         )
     }
 
-    /// Publishes the queue's counts (the admin API computes ages from them
-    /// when it is asked) and sets the gauges.
-    fn update_gauges(&self) {
+    /// Publishes the queue's counts; `/metrics` turns them into gauges (and
+    /// the oldest arrival into an age) when it is scraped, not here on every
+    /// turn of the loop.
+    fn publish_stats(&self) {
         let due = (self.mail.ready_len() + self.bounces.ready_len()) as u64;
         let deferred = (self.mail.waiting_len() + self.bounces.waiting_len()) as u64;
         let snapshot = Snapshot {
@@ -569,9 +570,6 @@ impl Dispatcher {
             in_flight: self.in_flight as u64,
         };
         self.shared.stats.publish(snapshot);
-        self.shared
-            .metrics
-            .refresh_queue(&snapshot, self.shared.clock.now_ms());
     }
 
     async fn finish_in_flight(&mut self, grace: Duration) {

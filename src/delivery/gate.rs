@@ -75,27 +75,36 @@ impl Gate {
     }
 
     /// True if a quiet-time window (configured or ad-hoc) covers `backend` now.
+    /// On the delivery path: allocates nothing.
     pub fn in_window(&self, backend: &str) -> bool {
-        !self.windows_for(backend).is_empty()
+        self.covering(backend, |_| ())
     }
 
     /// Names of the windows covering `backend` now.
     pub fn windows_for(&self, backend: &str) -> Vec<String> {
+        let mut names = Vec::new();
+        self.covering(backend, |w| names.push(w.name().to_owned()));
+        names
+    }
+
+    /// Calls `f` on each window covering `backend` now; true if there was one.
+    fn covering(&self, backend: &str, mut f: impl FnMut(&Window)) -> bool {
         let now = self.now();
         let quiet = self.quiet.read().expect("quiet lock");
         let adhoc = self.adhoc.read().expect("adhoc lock");
-        quiet
-            .windows()
-            .iter()
-            .chain(adhoc.iter())
-            .filter(|w| w.applies_to(backend) && w.contains(now))
-            .map(|w| w.name().to_owned())
-            .collect()
+        let mut any = false;
+        for w in quiet.windows().iter().chain(adhoc.iter()) {
+            if w.applies_to(backend) && w.contains(now) {
+                f(w);
+                any = true;
+            }
+        }
+        any
     }
 
     /// True if some backend may take mail now.
     pub fn is_open(&self) -> bool {
-        let names = self.backends.read().expect("backends lock").clone();
+        let names = self.backends.read().expect("backends lock");
         names.iter().any(|b| self.is_open_for(b))
     }
 
