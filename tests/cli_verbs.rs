@@ -13,21 +13,6 @@ use std::time::Duration;
 /// Longer than the test config's health interval: long enough to see a wrong delivery.
 const LOOK: Duration = Duration::from_millis(1500);
 
-/// Sends one message per recipient; returns the queue ids from the 250 replies.
-async fn send(smtp: std::net::SocketAddr, rcpts: &[&str]) -> Vec<String> {
-    let mut c = Client::connect(smtp).await;
-    c.ehlo("client.test").await;
-    let mut ids = Vec::new();
-    for (i, r) in rcpts.iter().enumerate() {
-        let data = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
-        let reply = c.send_message("s@client.test", &[r], data.as_bytes()).await;
-        assert!(reply.matches("250 2.0.0 Ok: queued as"), "{r}: {reply}");
-        ids.push(reply.first_line().rsplit(' ').next().unwrap().to_owned());
-    }
-    c.quit().await;
-    ids
-}
-
 fn admin(d: &Daemon) -> String {
     format!("http://{}", d.admin)
 }
@@ -61,7 +46,7 @@ async fn list_show_flush_delete_and_exit_codes() {
         "[delivery]\nretry = [\"1h\"]\nshutdown_grace = \"2s\"\n",
     )
     .await;
-    let ids = send(d.smtp, &["busy1@example.com", "busy2@example.com"]).await;
+    let ids = send_each(d.smtp, &["busy1@example.com", "busy2@example.com"]).await;
     let (a, b) = (&ids[0], &ids[1]);
 
     // Both deferred with the backend's reply, typed.
@@ -217,7 +202,7 @@ async fn hold_one_while_the_rest_flows_then_release() {
     backend.stop().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let d = Daemon::start(tmp.path(), &[backend.addr()], "", "").await;
-    let ids = send(d.smtp, &["a@example.com", "b@example.com", "c@example.com"]).await;
+    let ids = send_each(d.smtp, &["a@example.com", "b@example.com", "c@example.com"]).await;
     let hold = bw(&d, &["queue", "hold", &ids[1]]).await;
     assert_eq!(hold.code, 0, "{hold:?}");
     let list = bw(&d, &["queue", "list", "--state", "held", "--json"])
@@ -245,7 +230,7 @@ async fn hold_one_while_the_rest_flows_then_release() {
 
     // The whole queue: held (mail still accepted), then released.
     assert_eq!(bw(&d, &["queue", "hold"]).await.code, 0);
-    send(d.smtp, &["d@example.com"]).await;
+    send_each(d.smtp, &["d@example.com"]).await;
     assert!(
         !wait_until_async(LOOK, || backend.count() > 3).await,
         "delivered while the queue is held"
@@ -266,7 +251,7 @@ async fn quiet_window_from_the_cli_survives_a_crash_and_stop_releases() {
     let start = bw(&d, &["quiet", "start", "db-upgrade", "--for", "2h"]).await;
     assert_eq!(start.code, 0, "{start:?}");
     assert!(start.stdout.contains("db-upgrade"), "{}", start.stdout);
-    send(d.smtp, &["a@example.com"]).await;
+    send_each(d.smtp, &["a@example.com"]).await;
     assert!(
         !wait_until_async(LOOK, || backend.count() > 0).await,
         "delivered during a quiet window"
@@ -351,7 +336,7 @@ async fn quiet_window_scoped_to_one_backend_sends_mail_to_the_other() {
     )
     .await;
     assert_eq!(start.code, 0, "{start:?}");
-    send(d.smtp, &["a@example.com", "b@example.com"]).await;
+    send_each(d.smtp, &["a@example.com", "b@example.com"]).await;
     assert_eq!(
         secondary.wait_for(2, Duration::from_secs(10)).await.len(),
         2

@@ -18,18 +18,7 @@ async fn json_lines_carry_the_queue_id() {
         "[log]\nformat = \"json\"\n",
     )
     .await;
-    let mut c = Client::connect(d.smtp).await;
-    c.ehlo("client.test").await;
-    let r = c
-        .send_message(
-            "s@client.test",
-            &["a@example.com"],
-            b"Subject: x\r\n\r\nx\r\n",
-        )
-        .await;
-    assert!(r.matches("250"), "{r}");
-    let id = r.first_line().rsplit(' ').next().unwrap().to_owned();
-    c.quit().await;
+    let id = send_each(d.smtp, &["a@example.com"]).await.remove(0);
     backend.wait_for(1, Duration::from_secs(10)).await;
     assert!(wait_until_async(Duration::from_secs(5), || d.log().contains("removed")).await);
     let log = d.log();

@@ -21,19 +21,7 @@ async fn oldest_age_grows_during_a_quiet_outage_and_depth_survives_restart() {
     // Retries far apart: nothing happens in the dispatcher while we watch.
     let extra = "[delivery]\nretry = [\"1h\"]\nshutdown_grace = \"2s\"\n";
     let mut relay = Relay::start_in(dir.path(), &[backend.addr()], extra).await;
-    let mut c = Client::connect(relay.smtp).await;
-    c.ehlo("client.test").await;
-    for i in 0..3 {
-        let r = c
-            .send_message(
-                "s@client.test",
-                &["a@example.com"],
-                format!("Subject: {i}\r\n\r\nx\r\n").as_bytes(),
-            )
-            .await;
-        assert!(r.matches("250"), "{r}");
-    }
-    c.quit().await;
+    send_each(relay.smtp, &["a@example.com"; 3]).await;
 
     let (_, first) = relay.http("GET", "/metrics").await;
     assert_eq!(value(&first, "breakwater_queue_depth"), 3.0);
@@ -111,17 +99,7 @@ fn scrape_blocking(addr: std::net::SocketAddr) -> String {
 async fn exposition_is_valid_prometheus_text() {
     let backend = Backend::start().await;
     let relay = Relay::start(&[backend.addr()], "").await;
-    let mut c = Client::connect(relay.smtp).await;
-    c.ehlo("client.test").await;
-    let r = c
-        .send_message(
-            "s@client.test",
-            &["a@example.com"],
-            b"Subject: x\r\n\r\nx\r\n",
-        )
-        .await;
-    assert!(r.matches("250"), "{r}");
-    c.quit().await;
+    send_each(relay.smtp, &["a@example.com"]).await;
     backend.wait_for(1, Duration::from_secs(10)).await;
     assert!(
         wait_metric(

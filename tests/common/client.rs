@@ -435,3 +435,27 @@ impl Client {
         Err("too many reads for one line".to_string())
     }
 }
+
+/// Sends one message from `s@client.test` to each of `rcpts` over one
+/// session (`Subject: m0`, `m1`, ...), asserting every `250`; returns the
+/// queue ids from the replies.
+pub async fn send_each(smtp: SocketAddr, rcpts: &[&str]) -> Vec<String> {
+    let mut c = Client::connect(smtp).await;
+    c.ehlo("client.test").await;
+    let mut ids = Vec::new();
+    for (i, r) in rcpts.iter().enumerate() {
+        let data = format!("Subject: m{i}\r\n\r\nbody {i}\r\n");
+        let reply = c.send_message("s@client.test", &[r], data.as_bytes()).await;
+        assert!(reply.matches("250 2.0.0 Ok: queued as"), "{r}: {reply}");
+        ids.push(
+            reply
+                .first_line()
+                .rsplit(' ')
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+        );
+    }
+    c.quit().await;
+    ids
+}
