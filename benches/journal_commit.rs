@@ -15,8 +15,10 @@ const CONCURRENT: usize = 64;
 const SIZE: usize = 10 * 1024;
 
 fn record(j: &Journal) -> Record {
+    let id = j.next_id();
     Record {
-        id: j.next_id(),
+        id,
+        message: id,
         envelope: Envelope {
             mail_from: "sender@client.test".into(),
             params: MailParams::default(),
@@ -36,7 +38,7 @@ fn record(j: &Journal) -> Record {
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
-        bounce: false,
+        purpose: breakwater::journal::Purpose::Primary,
         delay_warned: false,
         history: Vec::new(),
     }
@@ -86,7 +88,11 @@ fn commit(c: &mut Criterion) {
                             .into_iter()
                             .map(|r| {
                                 let j = journal.clone();
-                                tokio::spawn(async move { j.remove(&r).await.unwrap() })
+                                tokio::spawn(async move {
+                                    j.remove(&r, breakwater::journal::now_ms(), 0)
+                                        .await
+                                        .unwrap()
+                                })
                             })
                             .collect();
                         for t in removals {

@@ -561,3 +561,322 @@ pub fn quiet(verb: QuietVerb, d: &Daemon) -> ExitCode {
         Ok(())
     })())
 }
+
+/// `breakwater replay` options.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    /// Messages that arrived at or after this (RFC 3339, or YYYY-MM-DD in UTC).
+    #[arg(long)]
+    since: String,
+    /// ... and before this.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only recipients matching this (user@example.com or *@example.com).
+    #[arg(long)]
+    recipient: Option<String>,
+    /// Only to this backend.
+    #[arg(long)]
+    to: Option<String>,
+    /// List what would go; send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Queue the replay and return; do not wait for its deliveries.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+/// `breakwater replay`: re-deliver retained mail after a backend restore.
+pub fn replay(a: ReplayArgs, d: &Daemon) -> ExitCode {
+    use breakwater::admin::history::{ReplayAnswer, ReplayStatus};
+    finish((|| {
+        let c = Client::new(d)?;
+        let body = serde_json::json!({
+            "since": a.since, "until": a.until, "recipient": a.recipient,
+            "to": a.to, "dry_run": a.dry_run,
+        });
+        let answer: ReplayAnswer = decode(c.call("POST", "/api/replay", Some(body))?)?;
+        if a.dry_run {
+            if d.json {
+                print_json(&answer);
+                return Ok(());
+            }
+            for m in &answer.messages {
+                println!(
+                    "{} {:<30} <{}> -> {}",
+                    m.id,
+                    m.arrived.as_deref().unwrap_or("-"),
+                    m.from,
+                    m.recipients.join(", ")
+                );
+            }
+            println!(
+                "dry run: replay {} would send {} message(s); nothing was sent",
+                answer.id, answer.matched
+            );
+            return Ok(());
+        }
+        if !d.json {
+            println!(
+                "replay {}: matched {}, queued {}, skipped {} (replayed before)",
+                answer.id, answer.matched, answer.queued, answer.skipped
+            );
+        }
+        if a.no_wait {
+            if d.json {
+                print_json(&answer);
+            }
+            return Ok(());
+        }
+        let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let path = format!("/api/replay/{}", answer.id);
+        let status = loop {
+            let s: ReplayStatus = decode(c.call("GET", &path, None)?)?;
+            let done = s.delivered + s.failed;
+            if tty {
+                eprint!("\r{}", progress_bar(done, s.queued));
+            }
+            if done >= s.queued {
+                break s;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        };
+        if tty {
+            eprintln!();
+        }
+        if d.json {
+            print_json(&serde_json::json!({
+                "id": answer.id, "matched": answer.matched, "queued": answer.queued,
+                "skipped": answer.skipped, "delivered": status.delivered, "failed": status.failed,
+            }));
+        } else {
+            println!(
+                "replay {}: matched {}, delivered {}, failed {}, skipped {}",
+                answer.id, answer.matched, status.delivered, status.failed, answer.skipped
+            );
+        }
+        Ok(())
+    })())
+}
+
+/// `[#####.....] 50/100` for a terminal.
+fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 40;
+    let filled = (done.min(total) * WIDTH)
+        .checked_div(total)
+        .unwrap_or(WIDTH);
+    format!(
+        "[{}{}] {done}/{total}",
+        "#".repeat(filled as usize),
+        ".".repeat((WIDTH - filled) as usize)
+    )
+}
+
+/// `breakwater export` options.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Messages that arrived at or after this (RFC 3339, or YYYY-MM-DD in UTC).
+    #[arg(long)]
+    since: String,
+    /// ... and before this.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only messages with a recipient matching this.
+    #[arg(long)]
+    recipient: Option<String>,
+    /// mbox (one file, DIR/breakwater.mbox, mboxrd, LF line ends) or maildir
+    /// (DIR/new, one file per message, bytes exactly as stored).
+    #[arg(long, value_parser = ["mbox", "maildir"])]
+    format: String,
+    /// Where to write (created if missing).
+    dir: PathBuf,
+}
+
+/// `breakwater export`: retained and queued mail, for an offline restore.
+/// Streams each message from the daemon to its file: constant memory.
+pub fn export(a: ExportArgs, d: &Daemon) -> ExitCode {
+    use breakwater::admin::history::StoredPage;
+    use std::io::Write;
+    finish((|| {
+        let c = Client::new(d)?;
+        let fail = |what: String| Failure {
+            code: 1,
+            message: what,
+        };
+        std::fs::create_dir_all(&a.dir)
+            .map_err(|e| fail(format!("cannot create {}: {e}", a.dir.display())))?;
+        let mut mbox = None;
+        if a.format == "mbox" {
+            let path = a.dir.join("breakwater.mbox");
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| fail(format!("cannot open {}: {e}", path.display())))?;
+            mbox = Some((path, std::io::BufWriter::new(f)));
+        } else {
+            for sub in ["tmp", "new", "cur"] {
+                std::fs::create_dir_all(a.dir.join(sub))
+                    .map_err(|e| fail(format!("cannot create {}/{sub}: {e}", a.dir.display())))?;
+            }
+        }
+        let host = hostname();
+        let mut query = format!("/api/messages?limit=1000&since={}", escape(&a.since));
+        if let Some(u) = &a.until {
+            query.push_str(&format!("&until={}", escape(u)));
+        }
+        if let Some(r) = &a.recipient {
+            query.push_str(&format!("&recipient={}", escape(r)));
+        }
+        let (mut count, mut bytes) = (0u64, 0u64);
+        let mut cursor: Option<String> = None;
+        for _ in 0..1_000_000 {
+            let path = match &cursor {
+                Some(c) => format!("{query}&cursor={c}"),
+                None => query.clone(),
+            };
+            let page: StoredPage = decode(c.call("GET", &path, None)?)?;
+            for m in &page.messages {
+                let raw = format!("/api/queue/{}/raw", m.id);
+                let wrote = match &mut mbox {
+                    Some((path, out)) => {
+                        let from = if m.from.is_empty() {
+                            "MAILER-DAEMON"
+                        } else {
+                            &m.from
+                        };
+                        let date = chrono::DateTime::from_timestamp_millis(m.arrived_ms as i64)
+                            .unwrap_or_default()
+                            .format("%a %b %e %H:%M:%S %Y");
+                        let io =
+                            |e: std::io::Error| fail(format!("writing {}: {e}", path.display()));
+                        writeln!(out, "From {from} {date}").map_err(io)?;
+                        let n = c.stream(&raw, &mut |r| mboxrd(r, out))?;
+                        writeln!(out).map_err(io)?;
+                        n
+                    }
+                    None => {
+                        let name = format!("{}.{}.{host}", m.arrived_ms / 1000, m.id);
+                        let tmp = a.dir.join("tmp").join(&name);
+                        let dest = a.dir.join("new").join(&name);
+                        let mut f = std::fs::File::create(&tmp)
+                            .map_err(|e| fail(format!("cannot create {}: {e}", tmp.display())))?;
+                        let n = c.stream(&raw, &mut |r| std::io::copy(r, &mut f))?;
+                        f.sync_all()
+                            .and_then(|()| std::fs::rename(&tmp, &dest))
+                            .map_err(|e| fail(format!("writing {}: {e}", dest.display())))?;
+                        n
+                    }
+                };
+                count += 1;
+                bytes += wrote;
+                if !d.json {
+                    println!(
+                        "{} {} bytes <{}> -> {}",
+                        m.id,
+                        m.size,
+                        m.from,
+                        m.recipients.join(", ")
+                    );
+                }
+            }
+            cursor = page.next;
+            if cursor.is_none() {
+                break;
+            }
+        }
+        if let Some((path, out)) = &mut mbox {
+            out.flush()
+                .map_err(|e| fail(format!("writing {}: {e}", path.display())))?;
+        }
+        let place = match &mbox {
+            Some((p, _)) => p.display().to_string(),
+            None => format!("{} (maildir)", a.dir.display()),
+        };
+        if d.json {
+            print_json(&serde_json::json!({"messages": count, "bytes": bytes, "to": place}));
+        } else {
+            println!("exported {count} message(s), {bytes} bytes, to {place}");
+        }
+        Ok(())
+    })())
+}
+
+/// Copies a message into an mbox (mboxrd, as Postfix's local(8) and mutt read
+/// it): CRLF line ends become LF, and a line that starts with `From ` after any
+/// number of `>` gets one more `>`. Returns the bytes read.
+fn mboxrd(r: &mut dyn std::io::Read, out: &mut dyn std::io::Write) -> std::io::Result<u64> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(64 * 1024, r);
+    let mut line = Vec::with_capacity(1024);
+    let mut total = 0u64;
+    let mut at_start = true;
+    loop {
+        line.clear();
+        // Bounded: a line longer than 1 MiB is written in pieces.
+        let n = std::io::Read::take(&mut reader, 1 << 20).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+        let body = line.strip_suffix(b"\n").unwrap_or(&line);
+        let ended = body.len() < line.len();
+        let body = if ended {
+            body.strip_suffix(b"\r").unwrap_or(body)
+        } else {
+            body
+        };
+        let quoted = at_start
+            && body
+                .iter()
+                .position(|&b| b != b'>')
+                .is_some_and(|k| body[k..].starts_with(b"From "));
+        at_start = ended;
+        if quoted {
+            out.write_all(b">")?;
+        }
+        out.write_all(body)?;
+        if ended {
+            out.write_all(b"\n")?;
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().replace(['/', ':'], "_"))
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+impl Client {
+    /// GETs `path` and hands the body to `sink` as a reader (nothing is held
+    /// whole in memory); returns what `sink` says it copied.
+    fn stream(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&mut dyn std::io::Read) -> std::io::Result<u64>,
+    ) -> Outcome<u64> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let mut resp = with_auth(self.agent.get(&url), auth.as_deref())
+            .call()
+            .map_err(|e| Failure {
+                code: 2,
+                message: format!("cannot reach the daemon at {}: {e}", self.base),
+            })?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            return Err(Failure {
+                code: 1,
+                message: format!("{path}: {status}: {text}"),
+            });
+        }
+        let mut reader = resp.body_mut().as_reader();
+        sink(&mut reader).map_err(|e| Failure {
+            code: 1,
+            message: format!("{path}: {e}"),
+        })
+    }
+}

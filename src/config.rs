@@ -107,6 +107,9 @@ pub struct Config {
     /// Where mail goes; at least one.
     #[serde(default)]
     pub backend: Vec<Backend>,
+    /// Independent standbys that each get a copy of every (matching) message.
+    #[serde(default)]
+    pub mirror: Vec<Mirror>,
     /// Retry and concurrency of delivery.
     #[serde(default)]
     pub delivery: Delivery,
@@ -255,6 +258,16 @@ pub struct Journal {
     /// at MAIL with `452 4.3.1` (and `/readyz` says so); delivery goes on.
     #[serde(default = "default_min_free_bytes")]
     pub min_free_bytes: u64,
+    /// Keep delivered messages this long (bytes, envelope, outcome) for
+    /// `breakwater replay`, `export` and `/mail`; 0s keeps nothing. Retained
+    /// bytes count against `max_bytes` but are given up, oldest first, before
+    /// new mail is refused.
+    #[serde(default = "default_retain_delivered")]
+    pub retain_delivered: Dur,
+}
+
+fn default_retain_delivered() -> Dur {
+    Dur(Duration::ZERO)
 }
 
 fn default_journal_path() -> PathBuf {
@@ -273,6 +286,7 @@ impl Default for Journal {
             path: default_journal_path(),
             max_bytes: default_max_bytes(),
             min_free_bytes: default_min_free_bytes(),
+            retain_delivered: default_retain_delivered(),
         }
     }
 }
@@ -373,6 +387,74 @@ impl Backend {
             command_timeout: default_command_timeout(),
             max_connections: None,
         }
+    }
+}
+
+/// `[[mirror]]`: an independent standby server that gets a copy of every
+/// message (whose recipients match `recipients`), as its own delivery job:
+/// retried on its own schedule, gated only by the standby's health (never by
+/// the backends' outages, quiet time or holds), never bounced to the sender.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mirror {
+    /// Label used in logs and metrics (`breakwater_mirror_queue_depth{mirror}`).
+    pub name: String,
+    /// `host:port` of the standby.
+    pub address: String,
+    /// Recipient patterns to copy (`user@example.com`, `*@example.com`);
+    /// empty: every recipient.
+    #[serde(default)]
+    pub recipients: Vec<String>,
+    /// TLS towards the standby.
+    #[serde(default)]
+    pub tls: TlsPolicy,
+    /// Connect timeout.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// Timeout for each command reply (and the whole DATA transfer).
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Dur,
+    /// Most connections to the standby at once.
+    #[serde(default = "default_mirror_connections")]
+    pub max_connections: usize,
+}
+
+fn default_mirror_connections() -> usize {
+    4
+}
+
+impl Mirror {
+    /// The standby as a next hop (for the SMTP client and the probes).
+    pub fn as_backend(&self) -> Backend {
+        Backend {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            priority: default_priority(),
+            tls: self.tls,
+            connect_timeout: self.connect_timeout,
+            command_timeout: self.command_timeout,
+            max_connections: Some(self.max_connections),
+        }
+    }
+
+    /// True if a copy for `address` goes to this standby.
+    pub fn wants(&self, address: &str) -> bool {
+        self.recipients.is_empty() || self.recipients.iter().any(|p| address_matches(p, address))
+    }
+}
+
+/// `user@example.com` (exact, case-insensitive) or `*@example.com` (any
+/// address of the domain) or `*` (anything).
+pub fn address_matches(pattern: &str, address: &str) -> bool {
+    let pattern = pattern.trim();
+    if pattern == "*" {
+        return true;
+    }
+    match pattern.strip_prefix("*@") {
+        Some(domain) => address
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+        None => pattern.eq_ignore_ascii_case(address),
     }
 }
 
@@ -675,6 +757,7 @@ impl Config {
             }
         }
         self.validate_backends(&mut p);
+        self.validate_mirrors(&mut p);
         self.validate_delivery(&mut p);
         self.validate_health(&mut p);
         for (i, q) in self.quiet_time.iter().enumerate() {
@@ -784,6 +867,61 @@ impl Config {
             if b.command_timeout.0.is_zero() {
                 p.add(
                     format!("backend[{i}].command_timeout"),
+                    "must be greater than 0",
+                );
+            }
+        }
+    }
+
+    fn validate_mirrors(&self, p: &mut Problems) {
+        for (i, m) in self.mirror.iter().enumerate() {
+            if m.name.trim().is_empty() || m.name.contains([':', '/', ' ']) {
+                p.add(
+                    format!("mirror[{i}].name"),
+                    "must be a non-empty name without ':', '/' or spaces",
+                );
+            }
+            if self.mirror[..i].iter().any(|o| o.name == m.name) {
+                p.add(
+                    format!("mirror[{i}].name"),
+                    format!("{:?} is used twice", m.name),
+                );
+            }
+            check_host_port(p, &format!("mirror[{i}].address"), &m.address);
+            if self.backend.iter().any(|b| b.address == m.address) {
+                p.add(
+                    format!("mirror[{i}].address"),
+                    format!(
+                        "{} is also a [[backend]]: a standby must be independent of the backends",
+                        m.address
+                    ),
+                );
+            }
+            for (k, r) in m.recipients.iter().enumerate() {
+                let r = r.trim();
+                let ok = r == "*"
+                    || r.strip_prefix("*@")
+                        .is_some_and(|d| !d.is_empty() && !d.contains('@'))
+                    || (r.contains('@') && !r.contains('*'));
+                if !ok {
+                    p.add(
+                        format!("mirror[{i}].recipients[{k}]"),
+                        format!("{r:?} is not an address, *@domain or *"),
+                    );
+                }
+            }
+            if m.max_connections == 0 {
+                p.add(format!("mirror[{i}].max_connections"), "must be at least 1");
+            }
+            if m.connect_timeout.0.is_zero() {
+                p.add(
+                    format!("mirror[{i}].connect_timeout"),
+                    "must be greater than 0",
+                );
+            }
+            if m.command_timeout.0.is_zero() {
+                p.add(
+                    format!("mirror[{i}].command_timeout"),
                     "must be greater than 0",
                 );
             }

@@ -9,6 +9,7 @@
 
 use crate::admin::metrics::Metrics;
 use crate::config;
+use prometheus::IntGaugeVec;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -84,7 +85,8 @@ pub enum Change {
 /// the dispatcher. Every change bumps a `watch` generation the dispatcher awaits.
 pub struct Health {
     circuits: RwLock<Vec<Arc<Entry>>>,
-    metrics: Arc<Metrics>,
+    /// The gauge family this health writes (`backend_up` or `mirror_up`).
+    up: IntGaugeVec,
     changed: watch::Sender<u64>,
     recovered: AtomicBool,
 }
@@ -100,8 +102,8 @@ struct Entry {
 }
 
 impl Entry {
-    fn new(b: &config::Backend, h: &config::Health, metrics: &Metrics) -> Arc<Entry> {
-        metrics.backend_up.with_label_values(&[&b.name]).set(1);
+    fn new(b: &config::Backend, h: &config::Health, up: &IntGaugeVec) -> Arc<Entry> {
+        up.with_label_values(&[&b.name]).set(1);
         Arc::new(Entry {
             name: b.name.clone(),
             address: b.address.clone(),
@@ -115,13 +117,26 @@ impl Entry {
 impl Health {
     /// All backends of `config`, initially up.
     pub fn new(backends: &[config::Backend], h: &config::Health, metrics: Arc<Metrics>) -> Health {
-        let circuits = backends
-            .iter()
-            .map(|b| Entry::new(b, h, &metrics))
-            .collect();
+        let up = metrics.backend_up.clone();
+        Health::with_gauge(backends, h, up)
+    }
+
+    /// The standbys of `[[mirror]]`, each with its own circuit
+    /// (`breakwater_mirror_up{mirror}`).
+    pub fn for_mirrors(
+        mirrors: &[config::Mirror],
+        h: &config::Health,
+        metrics: &Metrics,
+    ) -> Health {
+        let list: Vec<config::Backend> = mirrors.iter().map(config::Mirror::as_backend).collect();
+        Health::with_gauge(&list, h, metrics.mirror_up.clone())
+    }
+
+    fn with_gauge(backends: &[config::Backend], h: &config::Health, up: IntGaugeVec) -> Health {
+        let circuits = backends.iter().map(|b| Entry::new(b, h, &up)).collect();
         Health {
             circuits: RwLock::new(circuits),
-            metrics,
+            up,
             changed: watch::channel(0).0,
             recovered: AtomicBool::new(false),
         }
@@ -146,14 +161,14 @@ impl Health {
                     drop(c);
                     circuits.push(e.clone());
                 }
-                None => circuits.push(Entry::new(b, h, &self.metrics)),
+                None => circuits.push(Entry::new(b, h, &self.up)),
             }
         }
         for e in old
             .iter()
             .filter(|e| !backends.iter().any(|b| b.name == e.name))
         {
-            let _ = self.metrics.backend_up.remove_label_values(&[&e.name]);
+            let _ = self.up.remove_label_values(&[&e.name]);
         }
         drop(circuits);
         self.changed.send_modify(|g| *g += 1);
@@ -210,8 +225,7 @@ impl Health {
             Change::Up => tracing::info!(backend, "backend is up"),
             Change::Steadied => tracing::info!(backend, "backend answers again"),
         }
-        self.metrics
-            .backend_up
+        self.up
             .with_label_values(&[backend])
             .set((change != Change::Down) as i64);
         if change != Change::Down {
@@ -234,7 +248,7 @@ impl Health {
             let mut c = e.circuit.lock().expect("circuit");
             if !c.is_up() {
                 *c = Circuit::new(c.fall, c.rise);
-                self.metrics.backend_up.with_label_values(&[&e.name]).set(1);
+                self.up.with_label_values(&[&e.name]).set(1);
             }
         }
         self.changed.send_modify(|g| *g += 1);

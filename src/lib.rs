@@ -110,11 +110,17 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
         &config.health,
         metrics.clone(),
     ));
+    let mirror_health = Arc::new(health::Health::for_mirrors(
+        &config.mirror,
+        &config.health,
+        &metrics,
+    ));
     let stop = shutdown::Shutdown::new();
     let (queue, dispatcher) = delivery::dispatcher(
         &config,
         journal.clone(),
         health.clone(),
+        mirror_health.clone(),
         metrics.clone(),
         recovered,
     )?;
@@ -122,6 +128,17 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
     tokio::spawn(health::monitor(
         health.clone(),
         config.backend.clone(),
+        config.health.clone(),
+        config.hostname.clone(),
+        monitor.clone(),
+    ));
+    tokio::spawn(health::monitor(
+        mirror_health,
+        config
+            .mirror
+            .iter()
+            .map(config::Mirror::as_backend)
+            .collect(),
         config.health.clone(),
         config.hostname.clone(),
         monitor.clone(),

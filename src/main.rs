@@ -55,6 +55,20 @@ enum Command {
         #[command(flatten)]
         daemon: cli::Daemon,
     },
+    /// Deliver retained mail again (after the backend was restored from a backup).
+    Replay {
+        #[command(flatten)]
+        args: cli::ReplayArgs,
+        #[command(flatten)]
+        daemon: cli::Daemon,
+    },
+    /// Write retained and queued mail to an mbox or a maildir.
+    Export {
+        #[command(flatten)]
+        args: cli::ExportArgs,
+        #[command(flatten)]
+        daemon: cli::Daemon,
+    },
 }
 
 fn main() -> ExitCode {
@@ -83,6 +97,8 @@ fn main() -> ExitCode {
         Command::Status { daemon } => cli::status(&daemon),
         Command::Queue { verb, daemon } => cli::queue(verb, &daemon),
         Command::Quiet { verb, daemon } => cli::quiet(verb, &daemon),
+        Command::Replay { args, daemon } => cli::replay(args, &daemon),
+        Command::Export { args, daemon } => cli::export(args, &daemon),
     }
 }
 

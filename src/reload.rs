@@ -43,6 +43,17 @@ impl Reloader {
             config.backend.clone(),
             config.health.clone(),
             config.hostname.clone(),
+            token.clone(),
+        ));
+        tokio::spawn(health::monitor(
+            self.ctx.queue.gate().mirrors().clone(),
+            config
+                .mirror
+                .iter()
+                .map(config::Mirror::as_backend)
+                .collect(),
+            config.health.clone(),
+            config.hostname.clone(),
             token,
         ));
     }
@@ -112,6 +123,13 @@ impl Reloader {
         };
         self.ctx.queue.reconfigure(&new, key(&old) != key(&new))?;
         self.health.reconfigure(&new.backend, &new.health);
+        let standbys: Vec<config::Backend> =
+            new.mirror.iter().map(config::Mirror::as_backend).collect();
+        self.ctx
+            .queue
+            .gate()
+            .mirrors()
+            .reconfigure(&standbys, &new.health);
         let new = Arc::new(new);
         *self.ctx.recipients.write().expect("recipients lock") = Arc::new(recipients);
         *self.ctx.config.write().expect("config lock") = new.clone();
@@ -175,7 +193,10 @@ impl Reloader {
             || new.journal.max_bytes != old.journal.max_bytes
             || new.journal.min_free_bytes != old.journal.min_free_bytes
         {
+            // journal.retain_delivered is live (it applies to jobs ending from now on).
+            let retain = new.journal.retain_delivered;
             new.journal = old.journal.clone();
+            new.journal.retain_delivered = retain;
             keys.push("journal");
         }
         if new.smtp.tls.is_some() != self.ctx.tls.is_some() {
@@ -225,6 +246,25 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             "quiet windows: [{}] -> [{}]",
             names(old).join(", "),
             names(new).join(", ")
+        ));
+    }
+    let mirrors = |c: &Config| {
+        c.mirror
+            .iter()
+            .map(|m| format!("{} ({})", m.name, m.address))
+            .collect::<Vec<_>>()
+    };
+    if mirrors(old) != mirrors(new) {
+        out.push(format!(
+            "mirrors: [{}] -> [{}]",
+            mirrors(old).join(", "),
+            mirrors(new).join(", ")
+        ));
+    }
+    if old.journal.retain_delivered.0 != new.journal.retain_delivered.0 {
+        out.push(format!(
+            "journal.retain_delivered: {:?} -> {:?}",
+            old.journal.retain_delivered.0, new.journal.retain_delivered.0
         ));
     }
     if old.relay.domains != new.relay.domains {

@@ -5,7 +5,7 @@
 use super::State;
 use crate::config::Dur;
 use crate::delivery::QueueError;
-use crate::journal::{AttemptLog, BackendReply, Look, QueueId, RcptState, Record};
+use crate::journal::{AttemptLog, BackendReply, Entry, Look, QueueId, RcptState, Record};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -35,6 +35,10 @@ pub(super) fn routes() -> Router<Arc<State>> {
         .route("/queue/hold/{id}", post(hold_one))
         .route("/queue/release/{id}", post(release_one))
         .route("/queue/{id}", get(show).delete(delete))
+        .route("/queue/{id}/raw", get(super::history::raw))
+        .route("/messages", get(super::history::messages))
+        .route("/replay", post(super::history::replay))
+        .route("/replay/{id}", get(super::history::replay_status))
         .route("/quiet", get(quiet_list).post(quiet_start))
         .route("/quiet/{name}", axum::routing::delete(quiet_stop))
         .route("/backends", get(backends))
@@ -122,6 +126,21 @@ pub struct MessageView {
     /// The attempt history (`GET /api/queue/ID` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<Vec<AttemptView>>,
+    /// Delivered and kept (`journal.retain_delivered`) until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retained_until: Option<String>,
+    /// The message's other delivery jobs: mirror copies, replays.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobView>,
+}
+
+/// A delivery job of a message besides the one its recipients show.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct JobView {
+    pub id: String,
+    /// `mirror:NAME` or `replay:ID`.
+    pub purpose: String,
+    pub recipients: Vec<RecipientView>,
 }
 
 /// One recipient of a [`MessageView`].
@@ -163,54 +182,77 @@ impl From<&AttemptLog> for AttemptView {
 }
 
 impl MessageView {
-    /// The view of `r`; `history` adds its attempts.
-    pub fn of(r: &Record, history: bool) -> MessageView {
-        let recipients = r
-            .rcpts
+    /// The view of a stored message and its jobs; `history` adds attempts.
+    pub fn of_entry(e: &Entry, history: bool) -> MessageView {
+        let view = e.view();
+        let mut v = MessageView::of(&view, history);
+        v.id = e.message.id.to_string();
+        if e.is_retained() && e.message.retain_until_ms > 0 {
+            v.retained_until = rfc3339(e.message.retain_until_ms);
+        }
+        v.jobs = e
+            .jobs
             .iter()
-            .map(|x| {
-                let (state, attempts, reply, backend) = match &x.state {
-                    RcptState::Pending => ("pending", 0, None, None),
-                    RcptState::Deferred { reply, attempts } => {
-                        ("deferred", *attempts, Some(reply.clone()), None)
-                    }
-                    RcptState::Delivered { backend, reply } => (
-                        "delivered",
-                        r.attempts,
-                        Some(reply.clone()),
-                        Some(backend.clone()),
-                    ),
-                    RcptState::Failed { reply } => {
-                        ("failed", r.attempts, Some(reply.clone()), None)
-                    }
-                };
-                let next_attempt = (x.state.is_open() && !r.held)
-                    .then(|| rfc3339(r.next_attempt_ms))
-                    .flatten();
-                RecipientView {
-                    address: x.address.clone(),
-                    state: state.into(),
-                    attempts,
-                    last_reply: reply,
-                    next_attempt,
-                    backend,
-                }
+            .filter(|j| j.id != view.id)
+            .map(|j| JobView {
+                id: j.id.to_string(),
+                purpose: j.purpose.label(),
+                recipients: recipient_views(j),
             })
             .collect();
+        v
+    }
+
+    /// The view of `r`; `history` adds its attempts.
+    pub fn of(r: &Record, history: bool) -> MessageView {
         MessageView {
             id: r.id.to_string(),
             from: r.envelope.mail_from.clone(),
             arrived: rfc3339(r.envelope.arrived_ms),
             size: r.size,
             held: r.held,
-            kind: if r.bounce { "dsn" } else { "mail" }.into(),
+            kind: if r.purpose.is_notice() { "dsn" } else { "mail" }.into(),
             client_ip: r.envelope.client_ip.to_string(),
             helo: r.envelope.helo.clone(),
             tls: r.envelope.tls.as_ref().map(|t| t.version.clone()),
-            recipients,
+            recipients: recipient_views(r),
             attempts: history.then(|| r.history.iter().map(AttemptView::from).collect()),
+            retained_until: None,
+            jobs: Vec::new(),
         }
     }
+}
+
+fn recipient_views(r: &Record) -> Vec<RecipientView> {
+    r.rcpts
+        .iter()
+        .map(|x| {
+            let (state, attempts, reply, backend) = match &x.state {
+                RcptState::Pending => ("pending", 0, None, None),
+                RcptState::Deferred { reply, attempts } => {
+                    ("deferred", *attempts, Some(reply.clone()), None)
+                }
+                RcptState::Delivered { backend, reply } => (
+                    "delivered",
+                    r.attempts,
+                    Some(reply.clone()),
+                    Some(backend.clone()),
+                ),
+                RcptState::Failed { reply } => ("failed", r.attempts, Some(reply.clone()), None),
+            };
+            let next_attempt = (x.state.is_open() && !r.held)
+                .then(|| rfc3339(r.next_attempt_ms))
+                .flatten();
+            RecipientView {
+                address: x.address.clone(),
+                state: state.into(),
+                attempts,
+                last_reply: reply,
+                next_attempt,
+                backend,
+            }
+        })
+        .collect()
 }
 
 /// `GET /api/queue` query.
@@ -284,6 +326,14 @@ impl Filter {
             return Look::Skip;
         }
         Look::Decode
+    }
+
+    /// Queued messages, and retained ones when delivered mail is asked for.
+    fn keeps_entry(&self, e: &Entry) -> bool {
+        if e.is_retained() && self.state.as_deref() != Some("delivered") {
+            return false;
+        }
+        self.keeps(&e.view())
     }
 
     fn keeps(&self, r: &Record) -> bool {
@@ -373,13 +423,16 @@ async fn list(AxState(state): S, q: Result<Query<ListQuery>, QueryRejection>) ->
             limit,
             MAX_SCAN,
             |id, raw| filter.look(id, raw),
-            |r| filter.keeps(r),
+            |e| filter.keeps_entry(e),
         )
     })
     .await;
     match page {
-        Ok(Ok((records, next))) => Json(Page {
-            messages: records.iter().map(|r| MessageView::of(r, false)).collect(),
+        Ok(Ok((entries, next))) => Json(Page {
+            messages: entries
+                .iter()
+                .map(|e| MessageView::of_entry(e, false))
+                .collect(),
             next: next.map(|id| id.to_string()),
         })
         .into_response(),
@@ -394,8 +447,8 @@ async fn show(AxState(state): S, Path(id): Path<String>) -> Response {
         Err(r) => return r.into_response(),
     };
     let journal = state.journal.clone();
-    match tokio::task::spawn_blocking(move || journal.record(id)).await {
-        Ok(Ok(Some(r))) => Json(MessageView::of(&r, true)).into_response(),
+    match tokio::task::spawn_blocking(move || journal.entry(id)).await {
+        Ok(Ok(Some(e))) => Json(MessageView::of_entry(&e, true)).into_response(),
         Ok(Ok(None)) => error(StatusCode::NOT_FOUND, format!("{id} is not in the queue")),
         Ok(Err(e)) => error(StatusCode::SERVICE_UNAVAILABLE, format!("journal: {e}")),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "lookup failed"),
@@ -676,6 +729,7 @@ mod tests {
     fn record(id: u64, held: bool, rcpts: &[(&str, RcptState)]) -> Record {
         Record {
             id: QueueId(id),
+            message: QueueId(id),
             envelope: Envelope {
                 mail_from: "s@client.test".into(),
                 params: MailParams::default(),
@@ -698,7 +752,7 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
             held,
-            bounce: false,
+            purpose: crate::journal::Purpose::Primary,
             delay_warned: false,
             history: Vec::new(),
         }

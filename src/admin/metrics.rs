@@ -54,6 +54,18 @@ pub struct Metrics {
     pub config_reload_failures: IntCounter,
     /// `breakwater_config_last_reload_success_timestamp_seconds`
     pub config_last_reload_success: IntGauge,
+    /// `breakwater_mirror_up{mirror}`
+    pub mirror_up: IntGaugeVec,
+    /// `breakwater_mirror_queue_depth{mirror}`
+    pub mirror_queue_depth: IntGaugeVec,
+    /// `breakwater_mirror_deliveries_total{mirror,result}`
+    pub mirror_deliveries: IntCounterVec,
+    /// `breakwater_retained_messages`
+    pub retained_messages: IntGauge,
+    /// `breakwater_retained_bytes`
+    pub retained_bytes: IntGauge,
+    /// `breakwater_replayed_messages_total`
+    pub replayed: IntCounter,
 }
 
 /// Why the SMTP edge refused something (`breakwater_smtp_rejections_total{reason}`).
@@ -196,10 +208,48 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let mirror_up = gauge_vec(
+            &registry,
+            "breakwater_mirror_up",
+            "1 if the last health probe of the standby succeeded",
+            "mirror",
+        );
+        let mirror_queue_depth = gauge_vec(
+            &registry,
+            "breakwater_mirror_queue_depth",
+            "Copies not yet at the standby",
+            "mirror",
+        );
+        let mirror_deliveries = IntCounterVec::new(
+            Opts::new(
+                "breakwater_mirror_deliveries_total",
+                "Copies to a standby, by result = delivered, deferred, failed (per recipient)",
+            ),
+            &["mirror", "result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(mirror_deliveries.clone()))
+            .expect("unique metric");
         for state in ["due", "deferred", "held", "in_flight"] {
             queue_messages.with_label_values(&[state]).set(0);
         }
         Metrics {
+            mirror_up,
+            mirror_queue_depth,
+            mirror_deliveries,
+            retained_messages: gauge(
+                "breakwater_retained_messages",
+                "Delivered messages kept for journal.retain_delivered",
+            ),
+            retained_bytes: gauge(
+                "breakwater_retained_bytes",
+                "Bytes of the delivered messages kept for journal.retain_delivered",
+            ),
+            replayed: counter(
+                "breakwater_replayed_messages_total",
+                "Messages queued again by breakwater replay",
+            ),
             smtp_rejections,
             tls_sessions,
             queue_messages,

@@ -12,6 +12,7 @@
 //! bodies and the time a client may take are bounded.
 
 pub mod api;
+pub mod history;
 pub mod metrics;
 
 use crate::delivery::Queue;
@@ -140,6 +141,9 @@ impl State {
         self.metrics
             .journal_bytes
             .set(self.journal.file_bytes() as i64);
+        let (retained, retained_bytes) = self.journal.retained();
+        self.metrics.retained_messages.set(retained as i64);
+        self.metrics.retained_bytes.set(retained_bytes as i64);
         gate.update_metric();
     }
 }

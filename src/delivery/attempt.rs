@@ -8,7 +8,7 @@ use super::dispatcher::Shared;
 use super::drain::Signal;
 use super::notices;
 use super::outcome::Outcome;
-use crate::journal::{AttemptLog, BackendReply, QueueId, RcptState, Record};
+use crate::journal::{AttemptLog, BackendReply, Purpose, QueueId, RcptState, Record};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -39,7 +39,7 @@ pub(super) async fn attempt(shared: &Shared, record: Record) -> Report {
 async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Option<Record>) {
     // The bytes are streamed from the journal during delivery (and read for a
     // DSN only when one is built); here they are only checked to be there.
-    match shared.journal.contains(record.id).await {
+    match shared.journal.contains(record.message).await {
         Ok(true) => {}
         Ok(false) => {
             tracing::warn!(
@@ -65,7 +65,19 @@ async fn run(shared: &Shared, mut record: Record) -> (Record, Status, Signal, Op
             record.id
         );
     } else if record.has_open_recipients() {
-        let result = live.backends.deliver(&record, &shared.journal).await;
+        let prefix = match &record.purpose {
+            Purpose::Replay { replay, .. } => crate::smtp::received::replay_headers(
+                &live.hostname,
+                replay,
+                record.id,
+                chrono::DateTime::from_timestamp_micros(record.id.0 as i64).unwrap_or_default(),
+            ),
+            _ => Vec::new(),
+        };
+        let result = live
+            .backends
+            .deliver(&record, &shared.journal, &prefix)
+            .await;
         signal = signal_of(result.backend.is_some(), &result.outcomes);
         relayed = apply(shared, &mut record, &result);
         remote = result.backend;
@@ -82,8 +94,16 @@ fn apply(shared: &Shared, record: &mut Record, result: &Attempt) -> Vec<usize> {
     let backend = result.backend.as_deref().unwrap_or("none");
     let next_ms = shared.clock.now_ms() + retry_delay_ms(shared, record, record.attempts);
     let mut relayed = Vec::new();
+    let mirror = record.purpose.mirror().map(str::to_owned);
     for (i, outcome) in &result.outcomes {
-        shared.metrics.attempt(backend, outcome.label());
+        match &mirror {
+            Some(m) => shared
+                .metrics
+                .mirror_deliveries
+                .with_label_values(&[m, outcome.label()])
+                .inc(),
+            None => shared.metrics.attempt(backend, outcome.label()),
+        }
         let rcpt = &mut record.rcpts[*i];
         log_outcome(record.id, &rcpt.address, backend, outcome, next_ms);
         rcpt.state = match outcome.clone() {
@@ -200,13 +220,18 @@ fn signal_of(reached: bool, outcomes: &[(usize, Outcome)]) -> Signal {
 /// refuses, the state is [`Status::Unsaved`]: the dispatcher writes it later.
 pub(crate) async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
     if record.rcpts.iter().all(|r| r.is_settled()) {
-        match shared.journal.remove(&record).await {
+        let now = shared.clock.now_ms();
+        match shared
+            .journal
+            .remove(&record, now, shared.live().retain_ms)
+            .await
+        {
             Ok(()) => {
                 let delivered = record
                     .rcpts
                     .iter()
                     .all(|r| matches!(r.state, RcptState::Delivered { .. }));
-                if delivered {
+                if delivered && record.purpose.is_primary() {
                     shared.metrics.messages_delivered.inc();
                     let took = shared
                         .clock
@@ -217,12 +242,23 @@ pub(crate) async fn commit_state(shared: &Shared, record: Record) -> (Record, St
                         .delivery_duration
                         .observe(took as f64 / 1000.0);
                 }
-                let how = if delivered {
-                    "delivered to all recipients"
-                } else {
-                    "done (failures reported)"
+                let how = match (&record.purpose, delivered) {
+                    (Purpose::Mirror { mirror }, true) => {
+                        format!("copy delivered to mirror {mirror}")
+                    }
+                    (Purpose::Mirror { mirror }, false) => {
+                        format!("copy to mirror {mirror} given up")
+                    }
+                    (Purpose::Replay { replay, .. }, true) => format!("replay {replay} delivered"),
+                    (Purpose::Replay { replay, .. }, false) => format!("replay {replay} failed"),
+                    (_, true) => "delivered to all recipients".into(),
+                    (_, false) => "done (failures reported)".into(),
                 };
-                tracing::info!("{} removed: {how}", record.id);
+                if record.message == record.id {
+                    tracing::info!("{} removed: {how}", record.id);
+                } else {
+                    tracing::info!("{} job {} done: {how}", record.message, record.id);
+                }
                 return (record, Status::Removed);
             }
             Err(e) => tracing::error!(
@@ -301,6 +337,7 @@ mod tests {
         };
         let record = |states: Vec<RcptState>| Record {
             id: QueueId(1),
+            message: QueueId(1),
             envelope: Envelope {
                 mail_from: "s@client.test".into(),
                 params: MailParams::default(),
@@ -314,7 +351,7 @@ mod tests {
             attempts: 0,
             next_attempt_ms: 0,
             held: false,
-            bounce: false,
+            purpose: crate::journal::Purpose::Primary,
             delay_warned: false,
             history: Vec::new(),
         };

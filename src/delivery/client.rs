@@ -9,7 +9,8 @@ use super::tls::Stream;
 use super::transfer::{self, Body};
 use crate::config;
 use crate::config::TlsPolicy;
-use crate::journal::{Journal, Record};
+use crate::health::Health;
+use crate::journal::{Journal, Purpose, Record};
 use crate::smtp::reply::Reply;
 use mail_send::SmtpClient;
 use smtp_proto::{EXT_CHUNKING, EXT_DSN, EXT_PIPELINING, EXT_SIZE, EXT_START_TLS, EhloResponse};
@@ -54,9 +55,36 @@ struct Backend {
     slots: Arc<Semaphore>,
 }
 
-/// All backends, in preference order.
+/// Where a job goes: decided from its purpose before any SMTP is spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// The backends, by priority (only the one named, if set), through the gate.
+    Backends { only: Option<&'a str> },
+    /// The standby named.
+    Mirror(&'a str),
+    /// The sender's mail server (MX) or `bounce.relay`.
+    NextHop,
+}
+
+/// The route of a job.
+pub fn route(purpose: &Purpose) -> Route<'_> {
+    match purpose {
+        Purpose::Primary => Route::Backends { only: None },
+        Purpose::Replay { to, .. } => Route::Backends {
+            only: to.as_deref(),
+        },
+        Purpose::Mirror { mirror } => Route::Mirror(mirror),
+        Purpose::Notice => Route::NextHop,
+    }
+}
+
+/// All backends, in preference order, and the standbys.
 pub struct Backends {
     list: Vec<Backend>,
+    /// The `[[mirror]]` standbys, by name.
+    mirrors: Vec<Backend>,
+    /// The standbys' circuits.
+    mirror_health: Arc<Health>,
     helo: String,
     rotation: AtomicUsize,
     gate: Arc<Gate>,
@@ -79,18 +107,21 @@ impl Backends {
         bounce_relay: Option<String>,
         gate: Arc<Gate>,
         line_limit: usize,
+        mirrors: &[config::Mirror],
     ) -> Backends {
-        let mut list: Vec<Backend> = cfgs
-            .iter()
-            .map(|cfg| Backend {
-                slots: Arc::new(Semaphore::new(cfg.max_connections.unwrap_or(concurrency))),
-                cfg: cfg.clone(),
-                idle: Mutex::new(Vec::new()),
-            })
-            .collect();
+        let mirror_health = gate.mirrors().clone();
+        let pool = |cfg: config::Backend| Backend {
+            slots: Arc::new(Semaphore::new(cfg.max_connections.unwrap_or(concurrency))),
+            cfg,
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut list: Vec<Backend> = cfgs.iter().cloned().map(pool).collect();
+        let mirrors = mirrors.iter().map(|m| pool(m.as_backend())).collect();
         list.sort_by_key(|b| b.cfg.priority);
         Backends {
             list,
+            mirrors,
+            mirror_health,
             helo: helo.to_owned(),
             rotation: AtomicUsize::new(0),
             gate,
@@ -128,19 +159,25 @@ impl Backends {
     /// Delivers `record`'s message, streamed from `journal`, for every open
     /// recipient: the first backend that can be reached gets the transaction;
     /// connection failures move on to the next.
-    pub async fn deliver(&self, record: &Record, journal: &Journal) -> Attempt {
+    pub async fn deliver(&self, record: &Record, journal: &Journal, prefix: &[u8]) -> Attempt {
         let body = Body {
             journal,
-            id: record.id,
+            id: record.message,
             size: record.size,
             line_limit: self.line_limit,
+            prefix,
         };
-        if record.bounce {
-            return self.deliver_bounce(record, body).await;
-        }
+        let only = match route(&record.purpose) {
+            Route::NextHop => return self.deliver_bounce(record, body).await,
+            Route::Mirror(name) => return self.deliver_mirror(name, record, body).await,
+            Route::Backends { only } => only,
+        };
         let mut last_error = String::from("no backend may take mail now (down or in quiet time)");
         for i in self.order() {
             let backend = &self.list[i];
+            if only.is_some_and(|o| o != backend.cfg.name) {
+                continue;
+            }
             if !self.gate.is_open_for(&backend.cfg.name) {
                 continue;
             }
@@ -168,6 +205,37 @@ impl Backends {
             }
         }
         unreachable(record, &last_error)
+    }
+
+    /// Delivers a copy to the standby `name`. A standby no longer in the
+    /// config fails the copy (nothing is left to deliver it to).
+    async fn deliver_mirror(&self, name: &str, record: &Record, body: Body<'_>) -> Attempt {
+        let Some(mirror) = self.mirrors.iter().find(|m| m.cfg.name == name) else {
+            let failed = Outcome::Failed(
+                format!("554 5.3.0 mirror {name:?} is no longer in the config; copy dropped")
+                    .into(),
+            );
+            return Attempt {
+                backend: None,
+                outcomes: open_rcpts(record).map(|i| (i, failed.clone())).collect(),
+                dsn_passed: false,
+            };
+        };
+        let Ok(_slot) = mirror.slots.acquire().await else {
+            return unreachable(record, "shutting down");
+        };
+        let result = self.attempt_on(mirror, record, body).await;
+        let healthy =
+            matches!(&result, Ok((o, _)) if !o.iter().any(|(_, x)| x.is_connection_loss()));
+        self.mirror_health.report(name, healthy);
+        match result {
+            Ok((outcomes, _)) => Attempt {
+                backend: Some(name.to_owned()),
+                outcomes,
+                dsn_passed: false,
+            },
+            Err(e) => unreachable(record, &format!("mirror {name}: {e}")),
+        }
     }
 
     /// Delivers a DSN to its recipient's mail server (or `bounce.relay`): a fresh
@@ -253,7 +321,7 @@ impl Backends {
 
     /// Closes every idle connection politely (QUIT).
     pub async fn close_idle(&self) {
-        for b in &self.list {
+        for b in self.list.iter().chain(&self.mirrors) {
             let conns: Vec<Conn> = std::mem::take(&mut *b.idle.lock().expect("idle lock"));
             for c in conns {
                 let _ = tokio::time::timeout(Duration::from_secs(1), c.client.quit()).await;
@@ -424,7 +492,7 @@ async fn transaction(
     // Folding long lines adds 3 bytes per fold, so a folded message is a few
     // bytes larger than declared; finding out exactly would mean reading the
     // whole message before sending it.
-    let size = usize::try_from(record.size).unwrap_or(usize::MAX);
+    let size = usize::try_from(record.size + body.prefix.len() as u64).unwrap_or(usize::MAX);
     if conn.caps & EXT_SIZE != 0 && conn.size_limit > 0 && size > conn.size_limit {
         return Ok(all(Outcome::Failed(
             format!(

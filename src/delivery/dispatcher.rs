@@ -14,8 +14,9 @@ use super::retry::RetryPolicy;
 use super::stats::{QueueStats, Snapshot};
 use super::{Event, QueueError, Status};
 use crate::admin::metrics::Metrics;
+use crate::journal::Purpose;
 use crate::journal::{Journal, QueueId, Record};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -74,6 +75,10 @@ pub(crate) struct Live {
     pub warn_after_ms: Option<u64>,
     pub backends: Backends,
     pub retry: RetryPolicy,
+    /// `journal.retain_delivered` in milliseconds (0: nothing retained).
+    pub retain_ms: u64,
+    /// The `[[mirror]]` names and connection limits.
+    pub mirrors: Vec<(String, usize)>,
 }
 
 impl Shared {
@@ -97,6 +102,11 @@ pub struct Dispatcher {
     mail: Lane,
     /// DSNs: they go to senders' servers, so backend gates don't hold them.
     bounces: Lane,
+    /// Copies for each standby: gated by its health only, with their own
+    /// attempts in flight, so a dead standby never holds up the backends.
+    mirrors: BTreeMap<String, Lane>,
+    /// Mirror attempts in flight, per standby (not in `in_flight`).
+    mirror_flight: HashMap<String, usize>,
     /// When each message's delay warning is due (`delivery.delay_warning`).
     warnings: BTreeSet<(u64, QueueId)>,
     /// Every id in the journal (ids sort by arrival: the first is the oldest).
@@ -129,6 +139,8 @@ impl Dispatcher {
             records: HashMap::new(),
             mail: Lane::default(),
             bounces: Lane::default(),
+            mirrors: BTreeMap::new(),
+            mirror_flight: HashMap::new(),
             warnings: BTreeSet::new(),
             all: BTreeSet::new(),
             unsaved: HashMap::new(),
@@ -148,9 +160,13 @@ impl Dispatcher {
     /// Runs until `shutdown`, then lets in-flight attempts finish within `grace`.
     pub async fn run(mut self, shutdown: CancellationToken, grace: Duration) {
         let mut health = self.shared.gate.health().subscribe();
+        let mut mirror_health = self.shared.gate.mirrors().subscribe();
         let mut journal = self.shared.journal.watch_health();
         loop {
             self.promote_due();
+            self.shared
+                .journal
+                .expire_retained(self.shared.clock.now_ms());
             self.persist_unsaved();
             if self.may_deliver() {
                 self.send_warnings();
@@ -175,6 +191,15 @@ impl Dispatcher {
                         // A backend came back (or answered again after failures):
                         // what it deferred goes now, not at each retry time.
                         self.make_all_due("a backend is up");
+                    }
+                }
+                Ok(()) = mirror_health.changed() => {
+                    if self.shared.gate.mirrors().take_recovered() {
+                        // A standby came back: its copies go now.
+                        let n: usize = self.mirrors.values_mut().map(Lane::all_due).sum();
+                        if n > 0 {
+                            tracing::info!("a standby is up: {n} deferred copies due now");
+                        }
                     }
                 }
                 Ok(()) = journal.changed() => {
@@ -207,11 +232,11 @@ impl Dispatcher {
         if (r.has_open_recipients() || unreported) && !r.held {
             let due = if unreported { 0 } else { r.next_attempt_ms };
             let now = self.shared.clock.now_ms();
-            self.lane(r.bounce).file(id, due, now);
+            self.lane(&r.purpose).file(id, due, now);
         }
         if let Some(after) = self.shared.live().warn_after_ms
             && !r.delay_warned
-            && !r.bounce
+            && r.purpose.notifies_sender()
             && r.has_open_recipients()
         {
             self.warnings.insert((r.envelope.arrived_ms + after, id));
@@ -234,8 +259,8 @@ impl Dispatcher {
             if r.delay_warned || !r.has_open_recipients() {
                 continue;
             }
-            let (bounce, next) = (r.bounce, r.next_attempt_ms);
-            self.lane(bounce).remove(id, next);
+            let (purpose, next) = (r.purpose.clone(), r.next_attempt_ms);
+            self.lane(&purpose).remove(id, next);
             let Some(record) = self.records.remove(&id) else {
                 continue;
             };
@@ -248,12 +273,38 @@ impl Dispatcher {
         }
     }
 
-    fn lane(&mut self, bounce: bool) -> &mut Lane {
-        if bounce {
-            &mut self.bounces
-        } else {
-            &mut self.mail
+    /// The lane of a job's purpose.
+    fn lane(&mut self, purpose: &Purpose) -> &mut Lane {
+        match purpose {
+            Purpose::Notice => &mut self.bounces,
+            Purpose::Mirror { mirror } => self.mirrors.entry(mirror.clone()).or_default(),
+            Purpose::Primary | Purpose::Replay { .. } => &mut self.mail,
         }
+    }
+
+    /// Counts an attempt starting on a job of `purpose`.
+    fn took_off(&mut self, purpose: &Purpose) {
+        match purpose.mirror() {
+            Some(m) => *self.mirror_flight.entry(m.to_owned()).or_default() += 1,
+            None => self.in_flight += 1,
+        }
+    }
+
+    /// Counts an attempt on a job of `purpose` ending.
+    fn landed(&mut self, purpose: &Purpose) {
+        match purpose.mirror() {
+            Some(m) => {
+                if let Some(n) = self.mirror_flight.get_mut(m) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            None => self.in_flight = self.in_flight.saturating_sub(1),
+        }
+    }
+
+    /// Attempts in flight of every kind.
+    fn all_in_flight(&self) -> usize {
+        self.in_flight + self.mirror_flight.values().sum::<usize>()
     }
 
     async fn handle(&mut self, ev: Event) {
@@ -264,6 +315,10 @@ impl Dispatcher {
             }
             Event::Flush => {
                 self.shared.gate.health().reset_all_up();
+                self.shared.gate.mirrors().reset_all_up();
+                for lane in self.mirrors.values_mut() {
+                    lane.all_due();
+                }
                 self.make_all_due("flush");
             }
             Event::Reopen(why) => self.reopen_if_opened(false, why),
@@ -336,8 +391,8 @@ impl Dispatcher {
             "writing {} delivery outcome(s) the journal refused before",
             self.unsaved.len()
         );
-        for (_, record) in self.unsaved.drain() {
-            self.in_flight += 1;
+        for (_, record) in std::mem::take(&mut self.unsaved) {
+            self.took_off(&record.purpose);
             let (shared, tx) = (self.shared.clone(), self.tx.clone());
             tokio::spawn(async move {
                 let report = persist(&shared, record).await;
@@ -347,8 +402,10 @@ impl Dispatcher {
     }
 
     fn finished(&mut self, report: Report) {
-        self.in_flight -= 1;
-        self.drain.record(report.signal, report.took);
+        self.landed(&report.record.purpose);
+        if report.record.purpose.mirror().is_none() {
+            self.drain.record(report.signal, report.took);
+        }
         if let Some(notice) = report.notice {
             self.all.insert(notice.id);
             self.file(*notice);
@@ -386,9 +443,9 @@ impl Dispatcher {
                 "{id} is held; release it to deliver it"
             )));
         }
-        let (bounce, due) = (r.bounce, r.next_attempt_ms);
+        let (purpose, due) = (r.purpose.clone(), r.next_attempt_ms);
         r.next_attempt_ms = 0;
-        let lane = self.lane(bounce);
+        let lane = self.lane(&purpose);
         lane.remove(id, due);
         lane.file(id, 0, now);
         tracing::info!("{id} flushed: due now");
@@ -400,8 +457,9 @@ impl Dispatcher {
         let Some(r) = self.records.remove(&id) else {
             return Err(self.not_idle(id));
         };
-        self.lane(r.bounce).remove(id, r.next_attempt_ms);
-        match self.shared.journal.remove(&r).await {
+        self.lane(&r.purpose).remove(id, r.next_attempt_ms);
+        let now = self.shared.clock.now_ms();
+        match self.shared.journal.remove(&r, now, 0).await {
             Ok(()) => {
                 self.all.remove(&id);
                 self.shared.metrics.messages_deleted.inc();
@@ -426,7 +484,7 @@ impl Dispatcher {
         let Some(mut r) = self.records.remove(&id) else {
             return Err(self.not_idle(id));
         };
-        self.lane(r.bounce).remove(id, r.next_attempt_ms);
+        self.lane(&r.purpose).remove(id, r.next_attempt_ms);
         r.held = held;
         if !held {
             r.next_attempt_ms = 0;
@@ -457,6 +515,9 @@ impl Dispatcher {
         let now = self.shared.clock.now_ms();
         self.mail.promote(now);
         self.bounces.promote(now);
+        for lane in self.mirrors.values_mut() {
+            lane.promote(now);
+        }
     }
 
     fn launch(&mut self) {
@@ -466,6 +527,7 @@ impl Dispatcher {
             };
             self.start(id);
         }
+        self.launch_mirrors();
         if !self.shared.gate.is_open() {
             self.paused = true;
             return;
@@ -489,12 +551,42 @@ impl Dispatcher {
         }
     }
 
+    /// Starts the copies due for each standby that is up, up to its
+    /// connection limit; independent of the backends' drain.
+    fn launch_mirrors(&mut self) {
+        let live = self.shared.live();
+        let names: Vec<String> = self.mirrors.keys().cloned().collect();
+        for name in names {
+            // A standby removed by a reload: its copies fail at once (the client
+            // finds no such mirror) rather than waiting forever.
+            let limit = live
+                .mirrors
+                .iter()
+                .find(|(m, _)| *m == name)
+                .map_or(1, |&(_, n)| n);
+            let known = live.mirrors.iter().any(|(m, _)| *m == name);
+            if known && !self.shared.gate.is_open_for_mirror(&name) {
+                continue;
+            }
+            loop {
+                let flying = self.mirror_flight.get(&name).copied().unwrap_or(0);
+                if flying >= limit {
+                    break;
+                }
+                let Some(id) = self.mirrors.get_mut(&name).and_then(Lane::pop_ready) else {
+                    break;
+                };
+                self.start(id);
+            }
+        }
+    }
+
     /// Starts an attempt on a ready record.
     fn start(&mut self, id: QueueId) {
         let Some(record) = self.records.remove(&id) else {
             return;
         };
-        self.in_flight += 1;
+        self.took_off(&record.purpose);
         let shared = self.shared.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
@@ -514,15 +606,22 @@ impl Dispatcher {
         if !self.may_deliver() {
             return None; // the journal's reopening wakes the loop
         }
-        let warning = self
-            .warnings
-            .first()
-            .map(|&(due, _)| self.shared.clock.instant_at(due));
-        let delivery = self.next_delivery_wake();
-        match (warning, delivery) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let clock = self.shared.clock;
+        let warning = self.warnings.first().map(|&(due, _)| clock.instant_at(due));
+        let expiry = self
+            .shared
+            .journal
+            .next_expiry_ms()
+            .map(|ms| clock.instant_at(ms));
+        [
+            warning,
+            expiry,
+            self.next_delivery_wake(),
+            self.next_mirror_wake(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn next_delivery_wake(&self) -> Option<Instant> {
@@ -546,6 +645,16 @@ impl Dispatcher {
         due.map(|ms| self.shared.clock.instant_at(ms))
     }
 
+    /// The next retry time of a copy to a standby that is up.
+    fn next_mirror_wake(&self) -> Option<Instant> {
+        self.mirrors
+            .iter()
+            .filter(|(name, _)| self.shared.gate.is_open_for_mirror(name))
+            .filter_map(|(_, lane)| lane.next_due())
+            .min()
+            .map(|ms| self.shared.clock.instant_at(ms))
+    }
+
     fn next_quiet_change(&self) -> Option<Instant> {
         let t = self.shared.gate.next_quiet_change()?;
         Some(
@@ -561,12 +670,23 @@ impl Dispatcher {
     fn publish_stats(&self) {
         let due = (self.mail.ready_len() + self.bounces.ready_len()) as u64;
         let deferred = (self.mail.waiting_len() + self.bounces.waiting_len()) as u64;
+        let mut copies = 0;
+        for (name, lane) in &self.mirrors {
+            let idle = (lane.ready_len() + lane.waiting_len()) as u64;
+            copies += idle;
+            let flying = self.mirror_flight.get(name).copied().unwrap_or(0) as u64;
+            self.shared
+                .metrics
+                .mirror_queue_depth
+                .with_label_values(&[name])
+                .set((idle + flying) as i64);
+        }
         let snapshot = Snapshot {
             depth: self.all.len() as u64,
             oldest: self.all.first().copied(),
             due,
             deferred,
-            held: (self.records.len() as u64).saturating_sub(due + deferred),
+            held: (self.records.len() as u64).saturating_sub(due + deferred + copies),
             in_flight: self.in_flight as u64,
         };
         self.shared.stats.publish(snapshot);
@@ -575,22 +695,20 @@ impl Dispatcher {
     async fn finish_in_flight(&mut self, grace: Duration) {
         let deadline = Instant::now() + grace;
         let mut report = Instant::now();
-        while self.in_flight > 0 {
+        let mut flying = self.all_in_flight();
+        while flying > 0 {
             if Instant::now() >= report {
-                tracing::info!(
-                    "shutdown: waiting for {} deliveries in flight",
-                    self.in_flight
-                );
+                tracing::info!("shutdown: waiting for {flying} deliveries in flight");
                 report = Instant::now() + Duration::from_secs(2);
             }
             tokio::select! {
                 ev = self.rx.recv() => match ev {
-                    Some(Event::Done(..)) => self.in_flight -= 1,
+                    Some(Event::Done(..)) => flying -= 1,
                     Some(_) => {}
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => {
-                    tracing::warn!("shutdown: {} deliveries still in flight after the grace period; they will be retried after restart", self.in_flight);
+                    tracing::warn!("shutdown: {flying} deliveries still in flight after the grace period; they will be retried after restart");
                     break;
                 }
             }

@@ -182,6 +182,7 @@ mod tests {
     fn record(ret_full: Option<bool>) -> Record {
         Record {
             id: QueueId(0xABC),
+            message: QueueId(0xABC),
             envelope: Envelope {
                 mail_from: "sender@client.test".into(),
                 params: MailParams {
@@ -207,7 +208,7 @@ mod tests {
             attempts: 1,
             next_attempt_ms: 0,
             held: false,
-            bounce: false,
+            purpose: crate::journal::Purpose::Primary,
             delay_warned: false,
             history: Vec::new(),
         }

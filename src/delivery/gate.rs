@@ -14,6 +14,8 @@ use std::sync::{Arc, RwLock};
 /// Health + quiet time (configured and ad-hoc windows) + queue hold.
 pub struct Gate {
     health: Arc<Health>,
+    /// The standbys' circuits: a mirror copy's only gate.
+    mirrors: Arc<Health>,
     /// The `[[quiet_time]]` windows of the running config.
     quiet: RwLock<QuietTime>,
     /// Windows declared with `breakwater quiet start` (persisted by the caller).
@@ -45,6 +47,7 @@ impl Gate {
     /// A gate over `backends` (names), open unless health, `quiet` or `held` say no.
     pub fn new(
         health: Arc<Health>,
+        mirrors: Arc<Health>,
         quiet: QuietTime,
         held: bool,
         backends: Vec<String>,
@@ -53,6 +56,7 @@ impl Gate {
     ) -> Gate {
         let g = Gate {
             health,
+            mirrors,
             quiet: RwLock::new(quiet),
             adhoc: RwLock::new(Vec::new()),
             held: AtomicBool::new(held),
@@ -224,5 +228,16 @@ impl Gate {
     /// The health view (for change notifications).
     pub fn health(&self) -> &Arc<Health> {
         &self.health
+    }
+
+    /// The standbys' health.
+    pub fn mirrors(&self) -> &Arc<Health> {
+        &self.mirrors
+    }
+
+    /// True if a copy may go to the standby `mirror` now: it is up. Neither
+    /// the backends' quiet time nor their outages nor a queue hold stop it.
+    pub fn is_open_for_mirror(&self, mirror: &str) -> bool {
+        self.mirrors.is_up(mirror)
     }
 }

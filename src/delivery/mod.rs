@@ -326,8 +326,15 @@ fn live(config: &Config, gate: &Arc<gate::Gate>) -> Live {
             config.bounce.relay.clone(),
             gate.clone(),
             config.delivery.line_length_limit,
+            &config.mirror,
         ),
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
+        retain_ms: config.journal.retain_delivered.0.as_millis() as u64,
+        mirrors: config
+            .mirror
+            .iter()
+            .map(|m| (m.name.clone(), m.max_connections))
+            .collect(),
     }
 }
 
@@ -352,6 +359,7 @@ pub fn dispatcher(
     config: &Config,
     journal: Journal,
     health: Arc<Health>,
+    mirror_health: Arc<Health>,
     metrics: Arc<Metrics>,
     recovered: Vec<Record>,
 ) -> Result<(Queue, Dispatcher), journal::Error> {
@@ -362,6 +370,7 @@ pub fn dispatcher(
     let names = config.backend.iter().map(|b| b.name.clone()).collect();
     let gate = Arc::new(gate::Gate::new(
         health,
+        mirror_health,
         quiet,
         held,
         names,

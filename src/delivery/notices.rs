@@ -8,7 +8,7 @@ use super::attempt::Report;
 use super::dispatcher::Shared;
 use super::drain::Signal;
 use super::dsn;
-use crate::journal::{self, Envelope, MailParams, RcptState, Recipient, Record};
+use crate::journal::{self, Envelope, MailParams, Purpose, RcptState, Recipient, Record};
 use tokio::time::Instant;
 
 /// Queues the DSNs an attempt calls for: failures the sender wants to hear
@@ -20,6 +20,24 @@ pub(super) async fn notify(
     relayed: &[usize],
     remote: Option<&str>,
 ) -> Option<Record> {
+    if !record.purpose.notifies_sender() {
+        // A mirror copy or a replay that fails is the operator's business:
+        // logged and counted, never reported to the sender.
+        for r in record.rcpts.iter_mut() {
+            if let RcptState::Failed { reply } = &r.state
+                && !r.dsn_sent
+            {
+                r.dsn_sent = true;
+                tracing::warn!(
+                    "{} {} for <{}> failed: {reply} (no DSN: not the primary delivery)",
+                    record.message,
+                    record.purpose.label(),
+                    r.address
+                );
+            }
+        }
+        return None;
+    }
     let mut entries = Vec::new();
     let mut marked = Vec::new();
     for (i, r) in record.rcpts.iter_mut().enumerate() {
@@ -119,7 +137,7 @@ pub(super) async fn warn(shared: &Shared, mut record: Record) -> Report {
 /// (or all of it for RET=FULL) read from the journal now. A message from the
 /// null sender (a bounce itself) never gets one.
 async fn queue_dsn(shared: &Shared, record: &Record, entries: &[dsn::Entry]) -> Queued {
-    if record.envelope.mail_from.is_empty() || record.bounce {
+    if record.envelope.mail_from.is_empty() || record.purpose.is_notice() {
         tracing::warn!(
             "{} no DSN: null sender (a bounce is never bounced); dropped",
             record.id
@@ -173,7 +191,7 @@ async fn queue_dsn(shared: &Shared, record: &Record, entries: &[dsn::Entry]) -> 
 async fn returned_part(shared: &Shared, record: &Record) -> Result<Vec<u8>, journal::Error> {
     let total = journal::parts(record.size);
     if record.envelope.params.ret_full == Some(true) {
-        return shared.journal.read_parts(record.id, 0, total).await;
+        return shared.journal.read_parts(record.message, 0, total).await;
     }
     let mut head = Vec::new();
     let mut first = 0;
@@ -182,7 +200,7 @@ async fn returned_part(shared: &Shared, record: &Record) -> Result<Vec<u8>, jour
         head.extend(
             shared
                 .journal
-                .read_parts(record.id, first, HEADER_PARTS)
+                .read_parts(record.message, first, HEADER_PARTS)
                 .await?,
         );
         first = first.saturating_add(HEADER_PARTS);
@@ -216,8 +234,11 @@ fn entry(
 /// The journal record of a DSN about `original`: from `<>` to its sender.
 fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
     let now = shared.clock.now_ms();
+    let id = shared.journal.next_id();
     Record {
-        id: shared.journal.next_id(),
+        id,
+        message: id,
+        purpose: Purpose::Notice,
         envelope: Envelope {
             mail_from: String::new(),
             params: MailParams::default(),
@@ -237,7 +258,6 @@ fn dsn_record(shared: &Shared, original: &Record, size: u64) -> Record {
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
-        bounce: true,
         delay_warned: false,
         history: Vec::new(),
     }

@@ -25,6 +25,9 @@ pub(super) struct Body<'a> {
     pub size: u64,
     /// `delivery.line_length_limit` (0: no folding).
     pub line_limit: usize,
+    /// Header lines sent before the stored bytes (a replay's `Received:` and
+    /// `X-Breakwater-Replay:`); empty for everything else.
+    pub prefix: &'a [u8],
 }
 
 /// Why a body transfer ended without a reply about the message.
@@ -64,6 +67,12 @@ impl Body<'_> {
                 read: offset + bytes.len() as u64,
                 size: self.size,
             });
+        }
+        if k == 0 && !self.prefix.is_empty() {
+            let mut with = Vec::with_capacity(self.prefix.len() + bytes.len());
+            with.extend_from_slice(self.prefix);
+            with.extend_from_slice(&bytes);
+            return Ok(with);
         }
         Ok(bytes)
     }

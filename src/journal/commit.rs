@@ -14,7 +14,8 @@
 //! the generation: parts staged before it may be gone (they were never durable),
 //! so a message whose parts were staged in an older generation is refused.
 
-use super::{BODIES, DOCUMENTS, META, PART, SETTINGS, STAGING, Shared};
+use super::record::{Finished, StoredMessage};
+use super::{BODIES, DOCUMENTS, JOBS, MESSAGES, PART, SETTINGS, STAGING, Shared};
 use redb::{Database, Durability, ReadableTable};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -39,17 +40,32 @@ pub enum CommitError {
 /// One change to the journal, answered once it is committed.
 pub(super) struct Op {
     pub kind: OpKind,
-    pub done: oneshot::Sender<Result<(), CommitError>>,
+    pub done: oneshot::Sender<Result<Applied, CommitError>>,
+}
+
+/// What a committed op did, where the writer had to decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    /// Done as asked.
+    Done,
+    /// The job was removed and it was the message's last: the message is
+    /// retained (`true`) or gone with its bytes (`false`).
+    Retired { retained: bool },
+    /// The message is not in the journal (a new job for it was not made).
+    Missing,
+    /// The message has had a job from this replay already.
+    Skipped,
 }
 
 /// What to change.
 pub(super) enum OpKind {
-    /// A message is complete: its remaining parts (from `first_part` on) and its
-    /// metadata, durably. `staged` is the generation its earlier parts were
-    /// staged in, if any were.
+    /// A message is complete: its remaining parts (from `first_part` on), its
+    /// metadata and its jobs, durably. `staged` is the generation its earlier
+    /// parts were staged in, if any were.
     Insert {
         id: u64,
-        meta: Vec<u8>,
+        message: Vec<u8>,
+        jobs: Vec<(u64, Vec<u8>)>,
         body: Vec<u8>,
         first_part: u32,
         staged: Option<u64>,
@@ -62,10 +78,36 @@ pub(super) enum OpKind {
     },
     /// A message that will never be complete: drop its first `parts` staged parts.
     Discard { id: u64, parts: u32 },
-    /// New metadata for a stored message (after a delivery attempt, a hold ...).
-    Update { id: u64, meta: Vec<u8> },
-    /// The message is done with: remove metadata and its `parts` body parts.
-    Remove { id: u64, parts: u32 },
+    /// New state for a stored job (after a delivery attempt, a hold ...).
+    Update {
+        message: u64,
+        job: u64,
+        meta: Vec<u8>,
+    },
+    /// The job is done with. If it was the message's last, the message is
+    /// kept until `retain_until_ms` when that is set and some recipient was
+    /// delivered, else removed with its `parts` body parts. `finished` (the
+    /// primary job's outcome) is saved with the message; `tally` counts a
+    /// replay job's end in the replay's document (delivered or not).
+    RemoveJob {
+        message: u64,
+        job: u64,
+        parts: u32,
+        retain_until_ms: u64,
+        finished: Option<Finished>,
+        tally: Option<(String, bool)>,
+    },
+    /// A new job for a stored message, made by replay `replay` (refused with
+    /// [`Applied::Skipped`] if the message had one from it already).
+    AddJob {
+        message: u64,
+        job: u64,
+        meta: Vec<u8>,
+        replay: String,
+    },
+    /// Retained messages whose time is up (or whose room is needed): removed
+    /// with their parts, unless a job has come for them meanwhile.
+    Expire { messages: Vec<(u64, u32)> },
     /// A persistent setting.
     Setting { key: &'static str, value: u64 },
     /// A named document (an ad-hoc quiet window ...); `None` removes it.
@@ -167,8 +209,9 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
             }
         }
         let before = discarding.clone();
+        let mut applied = Vec::with_capacity(batch.len());
         let result = match shared.db() {
-            Ok(db) => apply(&db, &batch, generation, &mut discarding).map_err(|e| {
+            Ok(db) => apply(&db, &batch, generation, &mut discarding, &mut applied).map_err(|e| {
                 discarding = before; // nothing of the batch was committed
                 if needs_reopen(&e) {
                     shared.broken(&e.to_string());
@@ -179,7 +222,7 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
         };
         // A message refused for stale parts must not fail its batch-mates.
         let mut stop = false;
-        for op in batch.drain(..) {
+        for (k, op) in batch.drain(..).enumerate() {
             stop |= matches!(op.kind, OpKind::Shutdown);
             let r = match (&result, &op.kind) {
                 (
@@ -188,7 +231,8 @@ pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
                         staged: Some(g), ..
                     },
                 ) if *g != generation => Err(CommitError::StagedLost),
-                _ => result.clone(),
+                (Ok(()), _) => Ok(applied.get(k).copied().unwrap_or(Applied::Done)),
+                (Err(e), _) => Err(e.clone()),
             };
             let _ = op.done.send(r);
         }
@@ -240,22 +284,26 @@ fn apply(
     batch: &[Op],
     generation: u64,
     discarding: &mut VecDeque<Discarding>,
+    applied: &mut Vec<Applied>,
 ) -> Result<(), redb::Error> {
     let mut txn = db.begin_write()?;
     if !batch.iter().any(|op| op.kind.is_durable()) {
         txn.set_durability(Durability::None)?;
     }
     {
-        let mut meta = txn.open_table(META)?;
+        let mut messages = txn.open_table(MESSAGES)?;
+        let mut jobs = txn.open_table(JOBS)?;
         let mut bodies = txn.open_table(BODIES)?;
         let mut settings = txn.open_table(SETTINGS)?;
         let mut staging = txn.open_table(STAGING)?;
         let mut documents = txn.open_table(DOCUMENTS)?;
         for op in batch {
+            let mut result = Applied::Done;
             match &op.kind {
                 OpKind::Insert {
                     id,
-                    meta: m,
+                    message,
+                    jobs: new_jobs,
                     body,
                     first_part,
                     staged,
@@ -263,6 +311,7 @@ fn apply(
                     if let Some(g) = staged {
                         if *g != generation {
                             // Answered with StagedLost; the spool discards its parts.
+                            applied.push(result);
                             continue;
                         }
                         staging.remove(id)?;
@@ -271,7 +320,10 @@ fn apply(
                     if body.is_empty() && *first_part == 0 {
                         bodies.insert((*id, 0), [].as_slice())?;
                     }
-                    meta.insert(id, m.as_slice())?;
+                    messages.insert(id, message.as_slice())?;
+                    for (job, meta) in new_jobs {
+                        jobs.insert((*id, *job), meta.as_slice())?;
+                    }
                 }
                 OpKind::Stage {
                     id,
@@ -288,13 +340,90 @@ fn apply(
                     next: 0,
                     end: *parts,
                 }),
-                OpKind::Update { id, meta: m } => {
-                    meta.insert(id, m.as_slice())?;
+                OpKind::Update { message, job, meta } => {
+                    jobs.insert((*message, *job), meta.as_slice())?;
                 }
-                OpKind::Remove { id, parts } => {
-                    meta.remove(id)?;
-                    for part in 0..*parts {
-                        bodies.remove((*id, part))?;
+                OpKind::RemoveJob {
+                    message,
+                    job,
+                    parts,
+                    retain_until_ms,
+                    finished,
+                    tally,
+                } => {
+                    jobs.remove((*message, *job))?;
+                    if let Some((replay, delivered)) = tally {
+                        let field = if *delivered { "delivered" } else { "failed" };
+                        count_replay(&mut documents, replay, field)?;
+                    }
+                    let stored = messages
+                        .get(message)?
+                        .and_then(|v| StoredMessage::decode(v.value()).ok());
+                    let last = jobs
+                        .range((*message, 0)..=(*message, u64::MAX))?
+                        .next()
+                        .is_none();
+                    let mut stored = stored;
+                    if let (Some(m), Some(f)) = (stored.as_mut(), finished) {
+                        m.finished = Some(f.clone());
+                    }
+                    if last {
+                        let keep = *retain_until_ms > 0
+                            && stored
+                                .as_ref()
+                                .and_then(|m| m.finished.as_ref())
+                                .is_some_and(Finished::any_delivered);
+                        match stored.as_mut() {
+                            Some(m) if keep => {
+                                m.retain_until_ms = *retain_until_ms;
+                                messages.insert(message, m.encode().as_slice())?;
+                            }
+                            _ => {
+                                messages.remove(message)?;
+                                for part in 0..*parts {
+                                    bodies.remove((*message, part))?;
+                                }
+                            }
+                        }
+                        result = Applied::Retired { retained: keep };
+                    } else if finished.is_some()
+                        && let Some(m) = &stored
+                    {
+                        messages.insert(message, m.encode().as_slice())?;
+                    }
+                }
+                OpKind::AddJob {
+                    message,
+                    job,
+                    meta,
+                    replay,
+                } => {
+                    let stored = messages
+                        .get(message)?
+                        .and_then(|v| StoredMessage::decode(v.value()).ok());
+                    result = match stored {
+                        None => Applied::Missing,
+                        Some(m) if m.replays.contains(replay) => Applied::Skipped,
+                        Some(mut m) => {
+                            m.replays.push(replay.clone());
+                            m.retain_until_ms = 0;
+                            messages.insert(message, m.encode().as_slice())?;
+                            jobs.insert((*message, *job), meta.as_slice())?;
+                            count_replay(&mut documents, replay, "queued")?;
+                            Applied::Done
+                        }
+                    };
+                }
+                OpKind::Expire { messages: list } => {
+                    for (id, parts) in list {
+                        let busy = jobs.range((*id, 0)..=(*id, u64::MAX))?.next().is_some();
+                        if busy {
+                            continue;
+                        }
+                        messages.remove(id)?;
+                        for part in 0..*parts {
+                            bodies.remove((*id, part))?;
+                        }
                     }
                 }
                 OpKind::Setting { key, value } => {
@@ -310,6 +439,7 @@ fn apply(
                 },
                 OpKind::Shutdown => {}
             }
+            applied.push(result);
         }
         let mut budget = DISCARD_PARTS_PER_BATCH;
         while budget > 0 {
@@ -329,6 +459,31 @@ fn apply(
         }
     }
     txn.commit()?;
+    Ok(())
+}
+
+/// Counts a replay's job in the replay's document (`replay/ID`, JSON with
+/// `queued`, `delivered` and `failed` counters), in the same commit as the
+/// job's making or removal, so the counts are exact across crashes.
+fn count_replay(
+    documents: &mut redb::Table<&str, &[u8]>,
+    replay: &str,
+    field: &str,
+) -> Result<(), redb::Error> {
+    let key = format!("{}{replay}", super::REPLAY_PREFIX);
+    let Some(mut doc) = documents
+        .get(key.as_str())?
+        .and_then(|v| serde_json::from_slice::<serde_json::Value>(v.value()).ok())
+    else {
+        return Ok(());
+    };
+    let n = doc
+        .get(field)
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0);
+    doc[field] = serde_json::Value::from(n + 1);
+    let bytes = serde_json::to_vec(&doc).unwrap_or_default();
+    documents.insert(key.as_str(), bytes.as_slice())?;
     Ok(())
 }
 

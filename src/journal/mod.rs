@@ -1,11 +1,17 @@
 //! The journal: the durable queue, the single source of truth for every message.
 //!
 //! Layout on disk: one redb file, `<journal.path>/journal.redb` (directory 0700,
-//! file 0600), with tables keyed by queue id: `meta` (the [`Record`]: envelope and
-//! per-recipient state, JSON), `bodies` (the message bytes exactly as they will
-//! be relayed, our `Received:` header included, in parts of [`PART`] bytes),
-//! `staging` (messages whose parts are being written while they arrive) and
-//! `settings`. Every change goes through the group-commit writer ([`commit`]); a
+//! file 0600), with tables keyed by queue id (DESIGN.md, "Journal model"):
+//! `messages` (each message once: its envelope and size, how its primary
+//! delivery ended and until when it is retained, JSON), `bodies` (the message
+//! bytes exactly as they will be relayed, our `Received:` header included, in
+//! parts of [`PART`] bytes), `jobs` keyed (message, job) (each delivery job's
+//! purpose and per-recipient state: primary delivery, a copy per mirror, a
+//! notice, a replay), `staging` (messages whose parts are being written while
+//! they arrive), `settings` and `documents`. A message stays while a job needs
+//! it, then for `journal.retain_delivered` if a recipient got it. Journals of
+//! the release before the split (one `meta` record per message) are migrated
+//! when opened. Every change goes through the group-commit writer ([`commit`]); a
 //! method that changes the journal returns only once the change is durable.
 //!
 //! Large messages are not held in memory: a session writes them through a
@@ -18,12 +24,14 @@ pub mod record;
 
 pub use commit::{BatchLimits, CommitError};
 pub use record::{
-    AttemptLog, BackendReply, Envelope, MailParams, QueueId, RcptState, Recipient, Record, TlsInfo,
+    AttemptLog, BackendReply, Envelope, Finished, MailParams, Purpose, QueueId, RcptState,
+    Recipient, Record, StoredJob, StoredMessage, TlsInfo,
 };
 
-use commit::{Op, OpKind};
+use commit::{Applied, Op, OpKind};
 use record::IdGenerator;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +39,15 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::thread::JoinHandle;
 use tokio::sync::{oneshot, watch};
 
+/// The release before the split kept one record per message here; migrated
+/// into `messages` and `jobs` when a journal is opened.
 pub(crate) const META: TableDefinition<u64, &[u8]> = TableDefinition::new("meta");
+/// Each message once ([`StoredMessage`], JSON), by queue id.
+pub(crate) const MESSAGES: TableDefinition<u64, &[u8]> = TableDefinition::new("messages");
+/// Delivery jobs ([`Record::encode_job`], JSON), keyed (message, job).
+pub(crate) const JOBS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("jobs");
+/// Documents of replays: `replay/ID`.
+pub(crate) const REPLAY_PREFIX: &str = "replay/";
 /// Message bytes, split into parts of at most [`PART`] bytes keyed (id, part).
 pub(crate) const BODIES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("bodies");
 /// Messages being received whose first parts are already written: id -> generation.
@@ -157,8 +173,10 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     ids: IdGenerator,
     live_bytes: AtomicU64,
-    /// Messages stored (records), for an exact `breakwater_queue_depth`.
+    /// Messages a job still needs, for an exact `breakwater_queue_depth`.
     messages: AtomicU64,
+    /// Messages no job needs, kept for `journal.retain_delivered`.
+    retained: Mutex<RetainedIndex>,
     max_bytes: u64,
     min_free_bytes: u64,
     dir: PathBuf,
@@ -224,10 +242,11 @@ fn open_db(file: &Path, cache_bytes: usize) -> Result<Database, redb::Error> {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal and returns it with every stored record,
-    /// oldest first: the messages to schedule after a restart. Parts of messages
-    /// whose reception never finished are removed. Refuses a directory other
-    /// users can write to; tightens one they can read.
+    /// Opens (or creates) the journal and returns it with every stored job
+    /// (joined with its message), oldest message first: what to schedule after
+    /// a restart. A journal of the release before the split is migrated first.
+    /// Parts of messages whose reception never finished are removed. Refuses a
+    /// directory other users can write to; tightens one they can read.
     pub fn open(opts: &Options) -> Result<(Journal, Vec<Record>), Error> {
         secure_dir(&opts.dir)?;
         let file = opts.dir.join("journal.redb");
@@ -238,9 +257,13 @@ impl Journal {
         if unfinished > 0 {
             tracing::info!("removed {unfinished} partly received message(s) from the journal");
         }
-        let records = load_records(&db)?;
-        let live: u64 = records.iter().map(|r| r.size).sum();
-        let floor = records.last().map_or(0, |r| r.id.0);
+        let migrated = migrate(&db)?;
+        if migrated > 0 {
+            tracing::info!(
+                "journal upgraded: {migrated} message(s) of the previous release split into messages and delivery jobs"
+            );
+        }
+        let loaded = load(&db)?;
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(Arc::new(db))),
             file,
@@ -263,9 +286,10 @@ impl Journal {
             shared,
             tx,
             writer: Mutex::new(Some(writer)),
-            ids: IdGenerator::new(floor),
-            live_bytes: AtomicU64::new(live),
-            messages: AtomicU64::new(records.len() as u64),
+            ids: IdGenerator::new(loaded.floor),
+            live_bytes: AtomicU64::new(loaded.bytes),
+            messages: AtomicU64::new(loaded.busy),
+            retained: Mutex::new(loaded.retained),
             max_bytes: opts.max_bytes,
             min_free_bytes: opts.min_free_bytes,
             dir: opts.dir.clone(),
@@ -274,7 +298,7 @@ impl Journal {
             Journal {
                 inner: Arc::new(inner),
             },
-            records,
+            loaded.jobs,
         ))
     }
 
@@ -283,12 +307,13 @@ impl Journal {
         self.inner.ids.next(now_micros())
     }
 
-    /// Stores a new message durably. Returns only after the commit holding it is
-    /// on disk; on any error nothing was stored and the client must not get 250.
+    /// Stores a new message with its one job durably. Returns only after the
+    /// commit holding it is on disk; on any error nothing was stored and the
+    /// client must not get 250.
     pub async fn enqueue(&self, record: &Record, body: Vec<u8>) -> Result<(), Error> {
-        let mut spool = self.spool(record.id);
+        let mut spool = self.spool(record.message);
         spool.buf().extend_from_slice(&body);
-        spool.commit(record).await
+        spool.commit(std::slice::from_ref(record)).await
     }
 
     /// A spool for message `id`: its bytes are written as they arrive.
@@ -304,38 +329,171 @@ impl Journal {
         }
     }
 
-    /// Saves new metadata (recipient states, schedule, hold) for a stored message.
+    /// Saves a job's new state (recipient states, schedule, hold).
     pub async fn save(&self, record: &Record) -> Result<(), Error> {
         self.submit(OpKind::Update {
-            id: record.id.0,
-            meta: record.encode(),
+            message: record.message.0,
+            job: record.id.0,
+            meta: record.encode_job(),
         })
         .await
+        .map(drop)
     }
 
-    /// Removes a message that needs nothing more.
-    pub async fn remove(&self, record: &Record) -> Result<(), Error> {
-        self.submit(OpKind::Remove {
-            id: record.id.0,
-            parts: parts(record.size),
-        })
-        .await?;
-        self.release(record.size);
+    /// Removes a job that needs nothing more, at `now_ms`. A primary job's
+    /// outcome is kept with the message; when this was the message's last
+    /// job, the message is retained for `retain_ms` if a recipient got it
+    /// (0: removed with its bytes at once).
+    pub async fn remove(&self, record: &Record, now_ms: u64, retain_ms: u64) -> Result<(), Error> {
+        let finished = record.purpose.is_primary().then(|| Finished {
+            at_ms: now_ms,
+            rcpts: record.rcpts.clone(),
+            history: record.history.clone(),
+        });
+        let tally = match &record.purpose {
+            Purpose::Replay { replay, .. } => Some((
+                replay.clone(),
+                record
+                    .rcpts
+                    .iter()
+                    .all(|r| matches!(r.state, RcptState::Delivered { .. })),
+            )),
+            _ => None,
+        };
+        let retain_until_ms = if retain_ms > 0 {
+            now_ms.saturating_add(retain_ms)
+        } else {
+            0
+        };
+        let applied = self
+            .submit(OpKind::RemoveJob {
+                message: record.message.0,
+                job: record.id.0,
+                parts: parts(record.size),
+                retain_until_ms,
+                finished,
+                tally,
+            })
+            .await?;
+        if let Applied::Retired { retained } = applied {
+            self.forget_busy();
+            if retained {
+                let mut idx = self.inner.retained.lock().expect("retained lock");
+                idx.insert(record.message.0, record.size, retain_until_ms);
+            } else {
+                self.release(record.size);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds job `record` for its stored message on behalf of replay `replay`.
+    /// A message has at most one job per replay: a second is refused.
+    pub async fn add_job(&self, record: &Record, replay: &str) -> Result<Added, Error> {
+        let msg = record.message.0;
+        let took = self
+            .inner
+            .retained
+            .lock()
+            .expect("retained lock")
+            .remove(msg);
+        if took.is_some() {
+            self.inner.messages.fetch_add(1, Ordering::Relaxed);
+        }
+        let put_back = |j: &Journal| {
+            if let Some((size, until)) = took {
+                j.forget_busy();
+                let mut idx = j.inner.retained.lock().expect("retained lock");
+                idx.insert(msg, size, until);
+            }
+        };
+        let result = self
+            .submit(OpKind::AddJob {
+                message: msg,
+                job: record.id.0,
+                meta: record.encode_job(),
+                replay: replay.to_owned(),
+            })
+            .await;
+        match result {
+            Ok(Applied::Skipped) => {
+                put_back(self);
+                Ok(Added::Skipped)
+            }
+            Ok(Applied::Missing) => {
+                if let Some((size, _)) = took {
+                    self.forget_busy();
+                    self.release(size);
+                }
+                Ok(Added::Missing)
+            }
+            Ok(_) => Ok(Added::Added),
+            Err(e) => {
+                put_back(self);
+                Err(e)
+            }
+        }
+    }
+
+    /// Gives up the retained messages whose time is up at `now_ms`, oldest
+    /// first; returns how many.
+    pub fn expire_retained(&self, now_ms: u64) -> usize {
+        let gone = self
+            .inner
+            .retained
+            .lock()
+            .expect("retained lock")
+            .pop_expired(now_ms);
+        self.give_up(gone)
+    }
+
+    /// When the next retained message's time is up, if any is retained.
+    pub fn next_expiry_ms(&self) -> Option<u64> {
+        self.inner
+            .retained
+            .lock()
+            .expect("retained lock")
+            .next_expiry()
+    }
+
+    /// Retained messages and the bytes they hold.
+    pub fn retained(&self) -> (u64, u64) {
+        let idx = self.inner.retained.lock().expect("retained lock");
+        (idx.by_id.len() as u64, idx.bytes)
+    }
+
+    fn give_up(&self, gone: Vec<(u64, u64)>) -> usize {
+        if gone.is_empty() {
+            return 0;
+        }
+        let n = gone.len();
+        let freed: u64 = gone.iter().map(|&(_, size)| size).sum();
+        self.release(freed);
+        self.submit_detached(OpKind::Expire {
+            messages: gone
+                .into_iter()
+                .map(|(id, size)| (id, parts(size)))
+                .collect(),
+        });
+        n
+    }
+
+    fn forget_busy(&self) {
         let _ = self
             .inner
             .messages
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
-        Ok(())
     }
 
-    /// Messages in the journal (each counted from its commit to its removal).
+    /// Messages some job still needs (each counted from its commit until its
+    /// last job ends; retained messages are not counted).
     pub fn message_count(&self) -> u64 {
         self.inner.messages.load(Ordering::Relaxed)
     }
 
     /// Stores a setting durably.
     pub async fn set_setting(&self, key: &'static str, value: u64) -> Result<(), Error> {
-        self.submit(OpKind::Setting { key, value }).await
+        self.submit(OpKind::Setting { key, value }).await.map(drop)
     }
 
     /// A stored setting, `None` if never set.
@@ -348,7 +506,18 @@ impl Journal {
 
     /// Stores (`Some`) or removes (`None`) a named document durably.
     pub async fn set_document(&self, key: String, value: Option<Vec<u8>>) -> Result<(), Error> {
-        self.submit(OpKind::Document { key, value }).await
+        self.submit(OpKind::Document { key, value }).await.map(drop)
+    }
+
+    /// One named document, `None` if there is none.
+    pub fn document(&self, key: &str) -> Result<Option<Vec<u8>>, Error> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(DOCUMENTS).map_err(read_error)?;
+        Ok(table
+            .get(key)
+            .map_err(read_error)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Every document whose key starts with `prefix`, in key order.
@@ -367,26 +536,30 @@ impl Journal {
         Ok(out)
     }
 
-    /// One page of the queue, oldest first: the records after `after` that
-    /// `keep` accepts, at most `limit` of them, looking at no more than `scan`
-    /// records. Returns them and where the next page starts (`None` at the
-    /// end). Reads only metadata, never bodies, in one read transaction that
-    /// blocks no writer: call it from a blocking task.
+    /// One page of the journal's messages, oldest first: the entries after
+    /// `after` that `keep` accepts, at most `limit` of them, looking at no more
+    /// than `scan` messages. `look` first sees each message's id and raw
+    /// stored bytes (the message's and its jobs', one after the other).
+    /// Returns them and where the next page starts (`None` at the end). Reads
+    /// only metadata, never bodies, in one read transaction that blocks no
+    /// writer: call it from a blocking task.
     pub fn page(
         &self,
         after: Option<QueueId>,
         limit: usize,
         scan: usize,
         mut look: impl FnMut(QueueId, &[u8]) -> Look,
-        mut keep: impl FnMut(&Record) -> bool,
-    ) -> Result<(Vec<Record>, Option<QueueId>), Error> {
+        mut keep: impl FnMut(&Entry) -> bool,
+    ) -> Result<(Vec<Entry>, Option<QueueId>), Error> {
         let db = self.inner.shared.db()?;
         let txn = db.begin_read().map_err(read_error)?;
-        let table = txn.open_table(META).map_err(read_error)?;
+        let messages = txn.open_table(MESSAGES).map_err(read_error)?;
+        let jobs = txn.open_table(JOBS).map_err(read_error)?;
         let start = after.map_or(0, |a| a.0.saturating_add(1));
         let mut out = Vec::new();
         let mut last = None;
-        for (seen, entry) in table.range(start..).map_err(read_error)?.enumerate() {
+        let mut raw = Vec::new();
+        for (seen, entry) in messages.range(start..).map_err(read_error)?.enumerate() {
             let (k, v) = entry.map_err(read_error)?;
             let id = QueueId(k.value());
             if out.len() >= limit || seen >= scan {
@@ -394,14 +567,25 @@ impl Journal {
                 return Ok((out, last));
             }
             last = Some(id);
-            match look(id, v.value()) {
+            raw.clear();
+            raw.extend_from_slice(v.value());
+            let mut job_bytes = Vec::new();
+            for j in jobs
+                .range((id.0, 0)..=(id.0, u64::MAX))
+                .map_err(read_error)?
+            {
+                let (_, jv) = j.map_err(read_error)?;
+                raw.extend_from_slice(jv.value());
+                job_bytes.push(jv.value().to_vec());
+            }
+            match look(id, &raw) {
                 Look::Skip => continue,
                 Look::Stop => return Ok((out, None)),
                 Look::Decode => {}
             }
-            let r = Record::decode(v.value()).map_err(|source| Error::Unreadable { id, source })?;
-            if keep(&r) {
-                out.push(r);
+            let e = Entry::decode(id, v.value(), &job_bytes)?;
+            if keep(&e) {
+                out.push(e);
             }
         }
         Ok((out, None))
@@ -451,31 +635,45 @@ impl Journal {
             .map_err(|_| Error::Closed)?
     }
 
-    /// True if message `id` is in the journal (its record, and so its bytes).
+    /// True if message `id` is in the journal (and so its bytes).
     /// Cheap: one key lookup, on a blocking thread.
     pub async fn contains(&self, id: QueueId) -> Result<bool, Error> {
         let j = self.clone();
         tokio::task::spawn_blocking(move || {
             let db = j.inner.shared.db()?;
             let txn = db.begin_read().map_err(read_error)?;
-            let table = txn.open_table(META).map_err(read_error)?;
+            let table = txn.open_table(MESSAGES).map_err(read_error)?;
             Ok(table.get(id.0).map_err(read_error)?.is_some())
         })
         .await
         .map_err(|_| Error::Closed)?
     }
 
-    /// The stored record of a message, `None` if it is not in the journal.
-    pub fn record(&self, id: QueueId) -> Result<Option<Record>, Error> {
+    /// Message `id` with its jobs, `None` if it is not in the journal.
+    pub fn entry(&self, id: QueueId) -> Result<Option<Entry>, Error> {
         let db = self.inner.shared.db()?;
         let txn = db.begin_read().map_err(read_error)?;
-        let table = txn.open_table(META).map_err(read_error)?;
-        let Some(v) = table.get(id.0).map_err(read_error)? else {
+        let messages = txn.open_table(MESSAGES).map_err(read_error)?;
+        let jobs = txn.open_table(JOBS).map_err(read_error)?;
+        let Some(v) = messages.get(id.0).map_err(read_error)? else {
             return Ok(None);
         };
-        Record::decode(v.value())
-            .map(Some)
-            .map_err(|source| Error::Unreadable { id, source })
+        let mut job_bytes = Vec::new();
+        for j in jobs
+            .range((id.0, 0)..=(id.0, u64::MAX))
+            .map_err(read_error)?
+        {
+            job_bytes.push(j.map_err(read_error)?.1.value().to_vec());
+        }
+        Entry::decode(id, v.value(), &job_bytes).map(Some)
+    }
+
+    /// The stored job `id` joined with its message (a primary job has its
+    /// message's id), `None` if there is no such job.
+    pub fn record(&self, id: QueueId) -> Result<Option<Record>, Error> {
+        Ok(self
+            .entry(id)?
+            .and_then(|e| e.jobs.into_iter().find(|j| j.id == id)))
     }
 
     /// Message bytes currently held (what `journal.max_bytes` limits).
@@ -504,7 +702,10 @@ impl Journal {
         {
             return Err(Error::LowSpace { free, min });
         }
-        let (used, max) = (self.live_bytes(), self.inner.max_bytes);
+        // Retained mail is given up before new mail is refused.
+        let reclaimable = self.retained().1;
+        let used = self.live_bytes().saturating_sub(reclaimable);
+        let max = self.inner.max_bytes;
         if used.saturating_add(incoming) > max {
             return Err(Error::Full { used, max });
         }
@@ -548,8 +749,25 @@ impl Journal {
         let max = self.inner.max_bytes;
         let prev = self.inner.live_bytes.fetch_add(size, Ordering::Relaxed);
         if prev + size > max {
-            self.release(size);
-            return Err(Error::Full { used: prev, max });
+            // Retained mail is given up, oldest first, before new mail is
+            // refused; queued mail never is.
+            let need = prev + size - max;
+            let gone = {
+                let mut idx = self.inner.retained.lock().expect("retained lock");
+                if idx.bytes >= need {
+                    idx.pop_oldest(need)
+                } else {
+                    Vec::new()
+                }
+            };
+            if gone.is_empty() {
+                self.release(size);
+                return Err(Error::Full { used: prev, max });
+            }
+            let n = self.give_up(gone);
+            tracing::info!(
+                "gave up {n} retained message(s), oldest first, to make room for new mail (journal.max_bytes)"
+            );
         }
         Ok(())
     }
@@ -558,7 +776,7 @@ impl Journal {
         self.inner.live_bytes.fetch_sub(size, Ordering::Relaxed);
     }
 
-    async fn submit(&self, kind: OpKind) -> Result<(), Error> {
+    async fn submit(&self, kind: OpKind) -> Result<Applied, Error> {
         let (done, rx) = oneshot::channel();
         self.inner
             .tx
@@ -642,12 +860,19 @@ impl Spool {
                 data,
             })
             .await
+            .map(drop)
     }
 
-    /// Stores the rest of the message with its `record` durably. Returns only
-    /// once the commit is on disk; on error nothing is stored (what was staged
-    /// is removed) and the client must not get 250.
-    pub async fn commit(mut self, record: &Record) -> Result<(), Error> {
+    /// Stores the rest of the message with its `jobs` durably (the message's
+    /// envelope and size come from the first; each is a job for this spool's
+    /// message: primary delivery, mirror copies). Returns only once the commit
+    /// is on disk; on error nothing is stored (what was staged is removed) and
+    /// the client must not get 250.
+    pub async fn commit(mut self, jobs: &[Record]) -> Result<(), Error> {
+        let Some(first) = jobs.first() else {
+            return Err(Error::Closed);
+        };
+        debug_assert!(jobs.iter().all(|j| j.message == self.id));
         let rest = self.buf.len() as u64;
         self.journal.reserve(rest)?;
         self.reserved += rest;
@@ -655,7 +880,8 @@ impl Spool {
             .journal
             .submit(OpKind::Insert {
                 id: self.id.0,
-                meta: record.encode(),
+                message: StoredMessage::of(first).encode(),
+                jobs: jobs.iter().map(|j| (j.id.0, j.encode_job())).collect(),
                 body: std::mem::take(&mut self.buf),
                 first_part: self.staged_parts,
                 staged: self.staged_generation,
@@ -665,7 +891,7 @@ impl Spool {
         if self.committed {
             self.journal.inner.messages.fetch_add(1, Ordering::Relaxed);
         }
-        result
+        result.map(drop)
     }
 }
 
@@ -763,6 +989,8 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 fn ensure_tables(db: &Database) -> Result<(), Error> {
     let txn = db.begin_write().map_err(read_error)?;
     txn.open_table(META).map_err(read_error)?;
+    txn.open_table(MESSAGES).map_err(read_error)?;
+    txn.open_table(JOBS).map_err(read_error)?;
     txn.open_table(BODIES).map_err(read_error)?;
     txn.open_table(SETTINGS).map_err(read_error)?;
     txn.open_table(STAGING).map_err(read_error)?;
@@ -771,22 +999,261 @@ fn ensure_tables(db: &Database) -> Result<(), Error> {
     Ok(())
 }
 
-fn load_records(db: &Database) -> Result<Vec<Record>, Error> {
-    let txn = db.begin_read().map_err(read_error)?;
-    let table = txn.open_table(META).map_err(read_error)?;
-    let mut records = Vec::new();
-    for entry in table.iter().map_err(read_error)? {
-        let (k, v) = entry.map_err(read_error)?;
-        match Record::decode(v.value()) {
-            Ok(r) => records.push(r),
-            // Keep the bytes where they are: an operator can inspect them; we never
-            // delete what we cannot read.
-            Err(e) => {
-                tracing::error!(id = %QueueId(k.value()), "unreadable record kept in journal: {e}")
+/// Reads a record of the release before the split: one per message, with
+/// the message's envelope and its one job's state; `"bounce": true` marked a DSN.
+pub fn decode_legacy(bytes: &[u8]) -> Result<Record, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_slice(bytes)?;
+    let bounce = v
+        .get("bounce")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or(false);
+    let mut r: Record = serde_json::from_value(v)?;
+    r.message = r.id;
+    if bounce {
+        r.purpose = Purpose::Notice;
+    }
+    Ok(r)
+}
+
+/// Splits every record of the previous release (table `meta`) into a message
+/// and its job, in one durable transaction. A record that cannot be read is
+/// left where it is (never deleted) and logged. Returns how many moved.
+fn migrate(db: &Database) -> Result<usize, Error> {
+    let txn = db.begin_write().map_err(read_error)?;
+    let mut moved = 0;
+    {
+        let mut meta = txn.open_table(META).map_err(read_error)?;
+        let mut messages = txn.open_table(MESSAGES).map_err(read_error)?;
+        let mut jobs = txn.open_table(JOBS).map_err(read_error)?;
+        let mut old = Vec::new();
+        for entry in meta.iter().map_err(read_error)? {
+            let (k, v) = entry.map_err(read_error)?;
+            old.push((k.value(), v.value().to_vec()));
+        }
+        for (id, bytes) in old {
+            match decode_legacy(&bytes) {
+                Ok(r) => {
+                    messages
+                        .insert(id, StoredMessage::of(&r).encode().as_slice())
+                        .map_err(read_error)?;
+                    jobs.insert((id, r.id.0), r.encode_job().as_slice())
+                        .map_err(read_error)?;
+                    meta.remove(id).map_err(read_error)?;
+                    moved += 1;
+                }
+                Err(e) => tracing::error!(
+                    id = %QueueId(id),
+                    "unreadable record of the previous release kept in the journal's meta table: {e}"
+                ),
             }
         }
     }
-    Ok(records)
+    txn.commit().map_err(read_error)?;
+    Ok(moved)
+}
+
+/// What [`load`] found.
+struct Loaded {
+    jobs: Vec<Record>,
+    retained: RetainedIndex,
+    /// Messages with a job.
+    busy: u64,
+    /// Bytes of every stored message.
+    bytes: u64,
+    /// The largest id in use.
+    floor: u64,
+}
+
+fn load(db: &Database) -> Result<Loaded, Error> {
+    let txn = db.begin_read().map_err(read_error)?;
+    let messages = txn.open_table(MESSAGES).map_err(read_error)?;
+    let jobs = txn.open_table(JOBS).map_err(read_error)?;
+    let mut out = Loaded {
+        jobs: Vec::new(),
+        retained: RetainedIndex::default(),
+        busy: 0,
+        bytes: 0,
+        floor: 0,
+    };
+    for entry in messages.iter().map_err(read_error)? {
+        let (k, v) = entry.map_err(read_error)?;
+        let id = k.value();
+        out.floor = out.floor.max(id);
+        let m = match StoredMessage::decode(v.value()) {
+            Ok(m) => m,
+            // Keep the bytes where they are: an operator can inspect them; we
+            // never delete what we cannot read.
+            Err(e) => {
+                tracing::error!(id = %QueueId(id), "unreadable message kept in journal: {e}");
+                continue;
+            }
+        };
+        out.bytes += m.size;
+        let before = out.jobs.len();
+        for j in jobs.range((id, 0)..=(id, u64::MAX)).map_err(read_error)? {
+            let (jk, jv) = j.map_err(read_error)?;
+            out.floor = out.floor.max(jk.value().1);
+            match StoredJob::decode(jv.value()) {
+                Ok(job) => out.jobs.push(job.join(&m)),
+                Err(e) => tracing::error!(
+                    id = %QueueId(jk.value().1),
+                    "unreadable delivery job of {} kept in journal: {e}", QueueId(id)
+                ),
+            }
+        }
+        if out.jobs.len() > before {
+            out.busy += 1;
+        } else {
+            // No job needs it: retained (a message without jobs and without a
+            // retention time is given up at once).
+            out.retained.insert(id, m.size, m.retain_until_ms);
+        }
+    }
+    Ok(out)
+}
+
+/// Message `id` with its jobs, as [`Journal::page`] and [`Journal::entry`]
+/// return it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The message.
+    pub message: StoredMessage,
+    /// Its jobs (none once it is only retained).
+    pub jobs: Vec<Record>,
+}
+
+impl Entry {
+    fn decode(id: QueueId, message: &[u8], jobs: &[Vec<u8>]) -> Result<Entry, Error> {
+        let message =
+            StoredMessage::decode(message).map_err(|source| Error::Unreadable { id, source })?;
+        let jobs = jobs
+            .iter()
+            .map(|b| {
+                StoredJob::decode(b)
+                    .map(|j| j.join(&message))
+                    .map_err(|source| Error::Unreadable { id, source })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Entry { message, jobs })
+    }
+
+    /// What the message's recipients went through, as one record: its
+    /// primary job (or notice) while it has one, else how its primary
+    /// delivery ended (a retained message), else its first job.
+    pub fn view(&self) -> Record {
+        if let Some(j) = self
+            .jobs
+            .iter()
+            .find(|j| j.purpose.is_primary() || j.purpose.is_notice())
+        {
+            return j.clone();
+        }
+        if let Some(f) = &self.message.finished {
+            return Record {
+                id: self.message.id,
+                message: self.message.id,
+                purpose: Purpose::Primary,
+                envelope: self.message.envelope.clone(),
+                rcpts: f.rcpts.clone(),
+                size: self.message.size,
+                attempts: f.history.len() as u32,
+                next_attempt_ms: 0,
+                held: false,
+                delay_warned: false,
+                history: f.history.clone(),
+            };
+        }
+        self.jobs.first().cloned().unwrap_or_else(|| Record {
+            id: self.message.id,
+            message: self.message.id,
+            purpose: Purpose::Primary,
+            envelope: self.message.envelope.clone(),
+            rcpts: Vec::new(),
+            size: self.message.size,
+            attempts: 0,
+            next_attempt_ms: 0,
+            held: false,
+            delay_warned: false,
+            history: Vec::new(),
+        })
+    }
+
+    /// True once no job needs the message (it is kept for retention).
+    pub fn is_retained(&self) -> bool {
+        self.jobs.is_empty()
+    }
+}
+
+/// What [`Journal::add_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Added {
+    /// The job is stored.
+    Added,
+    /// The message had a job from this replay already.
+    Skipped,
+    /// The message is no longer in the journal.
+    Missing,
+}
+
+/// Messages no job needs, by id (oldest first, for making room) and by the
+/// end of their retention (for expiry).
+#[derive(Debug, Default)]
+struct RetainedIndex {
+    by_id: BTreeMap<u64, (u64, u64)>,
+    by_until: BTreeSet<(u64, u64)>,
+    bytes: u64,
+}
+
+impl RetainedIndex {
+    fn insert(&mut self, id: u64, size: u64, until: u64) {
+        if let Some(old) = self.by_id.insert(id, (size, until)) {
+            self.by_until.remove(&(old.1, id));
+            self.bytes -= old.0;
+        }
+        self.by_until.insert((until, id));
+        self.bytes += size;
+    }
+
+    fn remove(&mut self, id: u64) -> Option<(u64, u64)> {
+        let (size, until) = self.by_id.remove(&id)?;
+        self.by_until.remove(&(until, id));
+        self.bytes -= size;
+        Some((size, until))
+    }
+
+    fn next_expiry(&self) -> Option<u64> {
+        self.by_until.first().map(|&(until, _)| until)
+    }
+
+    /// Takes every message whose retention ended by `now`: (id, size).
+    fn pop_expired(&mut self, now: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        while let Some(&(until, id)) = self.by_until.first() {
+            if until > now {
+                break;
+            }
+            if let Some((size, _)) = self.remove(id) {
+                out.push((id, size));
+            }
+        }
+        out
+    }
+
+    /// Takes the oldest messages until they hold at least `need` bytes.
+    fn pop_oldest(&mut self, need: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut freed = 0;
+        while freed < need {
+            let Some((&id, _)) = self.by_id.first_key_value() else {
+                break;
+            };
+            if let Some((size, _)) = self.remove(id) {
+                freed += size;
+                out.push((id, size));
+            }
+        }
+        out
+    }
 }
 
 /// How many parts a body of `size` bytes is stored in (at least one, so an empty

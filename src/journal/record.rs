@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// A queue id: microseconds since the Unix epoch at arrival, made unique and
 /// monotonic within the process. Shown as 16 upper-case hex digits, so ids sort
 /// by arrival both as numbers and as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct QueueId(pub u64);
 
 impl fmt::Display for QueueId {
@@ -313,11 +315,78 @@ impl RcptState {
     }
 }
 
-/// Everything but the message bytes: the journal's per-message metadata.
+/// What a delivery job is for (DESIGN.md, "Journal model"). Each purpose has
+/// its own lane and gate in the dispatcher.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Purpose {
+    /// Delivery to the backends (the message as it arrived).
+    #[default]
+    Primary,
+    /// A copy for the `[[mirror]]` named `mirror` (gated by its health only).
+    Mirror { mirror: String },
+    /// A notice we generated (a DSN): to the sender's mail server or
+    /// `bounce.relay`, never held by the backends' gate, never bounced itself.
+    Notice,
+    /// Re-delivery of a retained message to the backends (`breakwater replay`),
+    /// to backend `to` only if set.
+    Replay {
+        replay: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
+}
+
+impl Purpose {
+    /// True for delivery to the backends as the message arrived.
+    pub fn is_primary(&self) -> bool {
+        matches!(self, Purpose::Primary)
+    }
+
+    /// True for a notice (DSN).
+    pub fn is_notice(&self) -> bool {
+        matches!(self, Purpose::Notice)
+    }
+
+    /// The mirror this job copies to, if it is a mirror copy.
+    pub fn mirror(&self) -> Option<&str> {
+        match self {
+            Purpose::Mirror { mirror } => Some(mirror),
+            _ => None,
+        }
+    }
+
+    /// True for jobs whose failures are reported to the sender (DSNs, delay
+    /// warnings): primary delivery only. A mirror copy or a replay that fails
+    /// is the operator's business, not the sender's.
+    pub fn notifies_sender(&self) -> bool {
+        self.is_primary()
+    }
+
+    /// A short label: `primary`, `mirror:NAME`, `notice`, `replay:ID`.
+    pub fn label(&self) -> String {
+        match self {
+            Purpose::Primary => "primary".into(),
+            Purpose::Mirror { mirror } => format!("mirror:{mirror}"),
+            Purpose::Notice => "notice".into(),
+            Purpose::Replay { replay, .. } => format!("replay:{replay}"),
+        }
+    }
+}
+
+/// A delivery job joined with its message's envelope and size: what the
+/// dispatcher schedules and an attempt works on. The journal stores the two
+/// apart ([`StoredMessage`] once, each job's state on its own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
-    /// Queue id.
+    /// Job id (for the primary job of a message: the message's queue id).
     pub id: QueueId,
+    /// The message this job delivers (bytes and envelope).
+    #[serde(default)]
+    pub message: QueueId,
+    /// What the job is for.
+    #[serde(default, skip_serializing_if = "Purpose::is_primary")]
+    pub purpose: Purpose,
     /// Envelope.
     pub envelope: Envelope,
     /// Recipients with their states.
@@ -333,10 +402,6 @@ pub struct Record {
     /// Held by an admin: not delivered until released.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub held: bool,
-    /// A DSN we generated: it goes to the sender's mail server (or
-    /// `bounce.relay`), not to the backends, and is never bounced itself.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub bounce: bool,
     /// The delay warning (`delivery.delay_warning`) has been sent.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub delay_warned: bool,
@@ -365,7 +430,154 @@ pub struct AttemptLog {
     pub reply: Option<BackendReply>,
 }
 
+/// A message as the journal keeps it, once, whatever jobs deliver it: its
+/// envelope and size (the bytes are in the `bodies` table), the primary
+/// delivery's outcome once it ended, and until when it is retained.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// Queue id.
+    pub id: QueueId,
+    /// Envelope.
+    pub envelope: Envelope,
+    /// Size of the stored bytes (our `Received:` header included).
+    pub size: u64,
+    /// How the primary delivery ended, once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<Finished>,
+    /// Once no job needs the message: kept until then (milliseconds since
+    /// the Unix epoch, `journal.retain_delivered` after the last job ended).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub retain_until_ms: u64,
+    /// Replays that made a job for this message (each replays it once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replays: Vec<String>,
+}
+
+/// How a message's primary delivery ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finished {
+    /// When, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Every recipient's final state.
+    pub rcpts: Vec<Recipient>,
+    /// The attempts, as the job remembered them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<AttemptLog>,
+}
+
+impl Finished {
+    /// True if any recipient was delivered (only such messages are retained).
+    pub fn any_delivered(&self) -> bool {
+        self.rcpts
+            .iter()
+            .any(|r| matches!(r.state, RcptState::Delivered { .. }))
+    }
+}
+
+/// A job's own state as stored (everything of a [`Record`] but the message's).
+#[derive(Serialize)]
+struct JobOut<'a> {
+    id: QueueId,
+    message: QueueId,
+    #[serde(skip_serializing_if = "Purpose::is_primary")]
+    purpose: &'a Purpose,
+    rcpts: &'a [Recipient],
+    attempts: u32,
+    next_attempt_ms: u64,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    held: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    delay_warned: bool,
+    #[serde(skip_serializing_if = "<[AttemptLog]>::is_empty")]
+    history: &'a [AttemptLog],
+}
+
+/// A stored job, read back.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StoredJob {
+    pub id: QueueId,
+    pub message: QueueId,
+    #[serde(default)]
+    pub purpose: Purpose,
+    pub rcpts: Vec<Recipient>,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default)]
+    pub next_attempt_ms: u64,
+    #[serde(default)]
+    pub held: bool,
+    #[serde(default)]
+    pub delay_warned: bool,
+    #[serde(default)]
+    pub history: Vec<AttemptLog>,
+}
+
+impl StoredJob {
+    /// Parses a stored job.
+    pub fn decode(bytes: &[u8]) -> Result<StoredJob, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    /// The job with its message's envelope and size.
+    pub fn join(self, m: &StoredMessage) -> Record {
+        Record {
+            id: self.id,
+            message: self.message,
+            purpose: self.purpose,
+            envelope: m.envelope.clone(),
+            rcpts: self.rcpts,
+            size: m.size,
+            attempts: self.attempts,
+            next_attempt_ms: self.next_attempt_ms,
+            held: self.held,
+            delay_warned: self.delay_warned,
+            history: self.history,
+        }
+    }
+}
+
+impl StoredMessage {
+    /// The message part of a job.
+    pub fn of(r: &Record) -> StoredMessage {
+        StoredMessage {
+            id: r.message,
+            envelope: r.envelope.clone(),
+            size: r.size,
+            finished: None,
+            retain_until_ms: 0,
+            replays: Vec::new(),
+        }
+    }
+
+    /// Serialized as stored.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("message serializes")
+    }
+
+    /// Parses a stored message.
+    pub fn decode(bytes: &[u8]) -> Result<StoredMessage, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
 impl Record {
+    /// The job's own state as stored (the message's envelope and size are
+    /// stored once, with the message).
+    pub fn encode_job(&self) -> Vec<u8> {
+        serde_json::to_vec(&JobOut {
+            id: self.id,
+            message: self.message,
+            purpose: &self.purpose,
+            rcpts: &self.rcpts,
+            attempts: self.attempts,
+            next_attempt_ms: self.next_attempt_ms,
+            held: self.held,
+            delay_warned: self.delay_warned,
+            history: &self.history,
+        })
+        .expect("job serializes")
+    }
+
     /// True while any recipient still needs a delivery attempt.
     pub fn has_open_recipients(&self) -> bool {
         self.rcpts.iter().any(|r| r.state.is_open())
@@ -411,6 +623,8 @@ mod tests {
     fn record_roundtrip() {
         let r = Record {
             id: QueueId(42),
+            message: QueueId(42),
+            purpose: Purpose::Primary,
             envelope: Envelope {
                 mail_from: "a@b".into(),
                 params: MailParams {
@@ -439,7 +653,6 @@ mod tests {
             attempts: 2,
             next_attempt_ms: 9,
             held: false,
-            bounce: false,
             delay_warned: false,
             history: Vec::new(),
         };

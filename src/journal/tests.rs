@@ -7,6 +7,7 @@ fn record(j: &Journal, size: usize) -> Record {
 fn record_with_id(id: QueueId, size: usize) -> Record {
     Record {
         id,
+        message: id,
         envelope: Envelope {
             mail_from: "s@client.test".into(),
             params: MailParams::default(),
@@ -26,7 +27,7 @@ fn record_with_id(id: QueueId, size: usize) -> Record {
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
-        bounce: false,
+        purpose: crate::journal::Purpose::Primary,
         delay_warned: false,
         history: Vec::new(),
     }
@@ -58,7 +59,7 @@ async fn bodies_roundtrip_across_part_boundaries_and_survive_reopen() {
         records.push(r);
     }
     assert!(j.contains(records[2].id).await.unwrap());
-    j.remove(&records[2]).await.unwrap();
+    j.remove(&records[2], now_ms(), 0).await.unwrap();
     assert_eq!(j.body(records[2].id).unwrap(), None);
     assert!(!j.contains(records[2].id).await.unwrap());
     assert!(
@@ -112,7 +113,7 @@ async fn full_journal_refuses_and_frees_space_on_remove() {
         Err(Error::Full { .. })
     ));
     assert_eq!(j.body(b.id).unwrap(), None, "nothing stored on refusal");
-    j.remove(&a).await.unwrap();
+    j.remove(&a, now_ms(), 0).await.unwrap();
     j.enqueue(&b, body(6_000)).await.unwrap();
     assert_eq!(j.live_bytes(), 6_000);
     j.close().await;
@@ -136,7 +137,7 @@ async fn spool_streams_large_messages_in_parts() {
     }
     assert_eq!(spool.len(), want.len() as u64);
     let r = record_with_id(spool.id(), want.len());
-    spool.commit(&r).await.unwrap();
+    spool.commit(std::slice::from_ref(&r)).await.unwrap();
     assert_eq!(j.body(r.id).unwrap().unwrap(), want);
     let mut streamed = Vec::new();
     let total = parts(r.size);
@@ -147,7 +148,7 @@ async fn spool_streams_large_messages_in_parts() {
     }
     assert_eq!(streamed, want);
     assert_eq!(j.live_bytes(), want.len() as u64);
-    j.remove(&r).await.unwrap();
+    j.remove(&r, now_ms(), 0).await.unwrap();
     assert_eq!(count_parts(&j), 0);
     assert_eq!(j.live_bytes(), 0);
     j.close().await;
@@ -210,7 +211,7 @@ async fn a_reopen_between_stage_and_commit_refuses_the_message() {
     assert!(j.is_healthy() && j.generation() == 1, "reopened");
     let r = record_with_id(spool.id(), 40_000);
     assert!(matches!(
-        spool.commit(&r).await,
+        spool.commit(std::slice::from_ref(&r)).await,
         Err(Error::Commit(CommitError::StagedLost))
     ));
     assert_eq!(j.record(r.id).unwrap(), None);
@@ -303,4 +304,143 @@ async fn large_discards_are_spread_and_finish() {
     assert_eq!(left, 1, "only the small message's part remains");
     assert_eq!(j.live_bytes(), 10);
     j.close().await;
+}
+
+fn delivered(mut r: Record) -> Record {
+    for x in &mut r.rcpts {
+        x.state = RcptState::Delivered {
+            backend: "b0".into(),
+            reply: BackendReply::new(250, "2.0.0", "ok"),
+        };
+    }
+    r
+}
+
+/// Retention under controlled time: a delivered message stays (bytes,
+/// envelope, outcome) until `now + retain`, then goes; one that nobody got
+/// is not retained; retained state survives a reopen.
+#[tokio::test]
+async fn retained_messages_expire_at_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = Options::new(dir.path(), 1 << 30);
+    let (j, _) = Journal::open(&opts).unwrap();
+    let t0 = 1_000_000_000_000;
+    let day = 86_400_000;
+    let a = record(&j, 5000);
+    j.enqueue(&a, body(5000)).await.unwrap();
+    j.remove(&delivered(a.clone()), t0, 7 * day).await.unwrap();
+    let mut failed = record(&j, 100);
+    j.enqueue(&failed, body(100)).await.unwrap();
+    failed.rcpts[0].state = RcptState::Failed {
+        reply: BackendReply::new(550, "5.1.1", "no"),
+    };
+    failed.rcpts[0].dsn_sent = true;
+    j.remove(&failed, t0, 7 * day).await.unwrap();
+    assert_eq!(j.message_count(), 0, "retained mail is not queued mail");
+    assert_eq!(j.retained(), (1, 5000));
+    assert!(
+        j.body(failed.id).unwrap().is_none(),
+        "undelivered: not kept"
+    );
+    let e = j.entry(a.id).unwrap().unwrap();
+    assert!(e.is_retained());
+    assert_eq!(e.message.retain_until_ms, t0 + 7 * day);
+    assert!(e.message.finished.as_ref().unwrap().any_delivered());
+    assert_eq!(j.next_expiry_ms(), Some(t0 + 7 * day));
+    j.close().await;
+    drop((j, e));
+
+    let (j, recovered) = Journal::open(&opts).unwrap();
+    assert!(recovered.is_empty(), "nothing to deliver");
+    assert_eq!(j.retained(), (1, 5000));
+    assert_eq!(j.live_bytes(), 5000);
+    assert_eq!(j.expire_retained(t0 + 7 * day - 1), 0);
+    assert_eq!(j.body(a.id).unwrap().unwrap(), body(5000));
+    assert_eq!(j.expire_retained(t0 + 7 * day), 1);
+    j.set_setting("sync", 1).await.unwrap(); // the expiry is committed before this
+    assert!(j.entry(a.id).unwrap().is_none());
+    assert!(j.body(a.id).unwrap().is_none());
+    assert_eq!(count_parts(&j), 0);
+    assert_eq!((j.retained(), j.live_bytes()), ((0, 0), 0));
+}
+
+/// Retained bytes count against `journal.max_bytes` but are given up,
+/// oldest first, before new mail is refused; queued mail never is.
+#[tokio::test]
+async fn retained_mail_makes_room_oldest_first_queued_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(&Options::new(dir.path(), 20_000)).unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..3 {
+        let r = record(&j, 5000);
+        j.enqueue(&r, body(5000)).await.unwrap();
+        j.remove(&delivered(r.clone()), now_ms(), 86_400_000)
+            .await
+            .unwrap();
+        kept.push(r.id);
+    }
+    let queued = record(&j, 5000);
+    j.enqueue(&queued, body(5000)).await.unwrap();
+    assert_eq!(j.live_bytes(), 20_000, "full: three retained, one queued");
+    j.check_space(5000)
+        .expect("retained mail does not refuse new mail");
+    // New mail: the oldest retained message makes room for it.
+    let new = record(&j, 5000);
+    j.enqueue(&new, body(5000)).await.unwrap();
+    j.set_setting("sync", 1).await.unwrap();
+    assert!(j.entry(kept[0]).unwrap().is_none(), "oldest given up");
+    assert!(j.entry(kept[1]).unwrap().is_some());
+    assert_eq!(j.retained(), (2, 10_000));
+    // Two more: the other two retained go; queued mail stays.
+    for _ in 0..2 {
+        let r = record(&j, 5000);
+        j.enqueue(&r, body(5000)).await.unwrap();
+    }
+    assert_eq!(j.retained(), (0, 0));
+    // Now only queued mail is left: new mail is refused, nothing queued lost.
+    let refused = record(&j, 5000);
+    assert!(j.enqueue(&refused, body(5000)).await.unwrap_err().is_full());
+    assert!(matches!(j.check_space(1), Err(Error::Full { .. })));
+    assert_eq!(j.body(queued.id).unwrap().unwrap(), body(5000));
+    assert_eq!(j.message_count(), 4);
+}
+
+/// A replay job for a retained message: stored once per replay, the
+/// message is queued again meanwhile and retained again after.
+#[tokio::test]
+async fn one_job_per_replay_and_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let (j, _) = Journal::open(&Options::new(dir.path(), 1 << 30)).unwrap();
+    let r = record(&j, 300);
+    j.enqueue(&r, body(300)).await.unwrap();
+    j.remove(&delivered(r.clone()), now_ms(), 86_400_000)
+        .await
+        .unwrap();
+    let job = |j: &Journal| Record {
+        id: j.next_id(),
+        purpose: Purpose::Replay {
+            replay: "R1".into(),
+            to: None,
+        },
+        ..r.clone()
+    };
+    let first = job(&j);
+    assert_eq!(j.add_job(&first, "R1").await.unwrap(), Added::Added);
+    assert_eq!(j.message_count(), 1);
+    assert_eq!(j.retained(), (0, 0));
+    assert_eq!(j.add_job(&job(&j), "R1").await.unwrap(), Added::Skipped);
+    let e = j.entry(r.id).unwrap().unwrap();
+    assert_eq!(e.jobs.len(), 1);
+    assert_eq!(e.jobs[0].id, first.id);
+    j.remove(&delivered(first.clone()), now_ms(), 86_400_000)
+        .await
+        .unwrap();
+    assert_eq!((j.message_count(), j.retained().0), (0, 1));
+    assert_eq!(j.add_job(&job(&j), "R1").await.unwrap(), Added::Skipped);
+    assert_eq!(j.retained().0, 1, "a refused job leaves it retained");
+    let gone = Record {
+        message: QueueId(7),
+        ..job(&j)
+    };
+    assert_eq!(j.add_job(&gone, "R1").await.unwrap(), Added::Missing);
 }

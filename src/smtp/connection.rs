@@ -19,7 +19,7 @@ use super::incoming::Incoming;
 use super::reply::Reply;
 use super::session::{Next, Session};
 use crate::admin::metrics::Rejection;
-use crate::journal::{self, Record, TlsInfo};
+use crate::journal::{self, Purpose, Record, TlsInfo};
 use smtp_proto::Request;
 use std::io;
 use std::pin::Pin;
@@ -596,23 +596,34 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
     }
     let record = Record {
         id,
+        message: id,
+        purpose: Purpose::Primary,
         envelope: s.envelope(&tx, journal::now_ms()),
         rcpts: tx.rcpts,
         size: spool.len(),
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
-        bounce: false,
         delay_warned: false,
         history: Vec::new(),
     };
+    // The primary job and a copy per standby, journaled in one commit: the
+    // copies are as durable as the message.
+    let mut jobs = vec![record];
+    for m in &s.cfg.mirror {
+        if let Some(copy) = mirror_copy(&jobs[0], m, &s.ctx.journal) {
+            jobs.push(copy);
+        }
+    }
     let ctx = s.ctx.clone();
     // The commit and the 250: nothing is acknowledged before it is durable.
-    match spool.commit(&record).await {
+    match spool.commit(&jobs).await {
         Ok(()) => {
-            log_received(&record);
+            log_received(&jobs[0]);
             ctx.metrics.messages_received.inc();
-            ctx.queue.enqueued(record);
+            for job in jobs {
+                ctx.queue.enqueued(job);
+            }
             Reply::queued(id)
         }
         Err(e) if e.is_full() => {
@@ -624,6 +635,36 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
             Reply::STORAGE_ERROR
         }
     }
+}
+
+/// A copy of `primary` for the standby `m`: the recipients it wants (none:
+/// no copy), with a fresh job id.
+fn mirror_copy(
+    primary: &Record,
+    m: &crate::config::Mirror,
+    journal: &journal::Journal,
+) -> Option<Record> {
+    let rcpts: Vec<_> = primary
+        .rcpts
+        .iter()
+        .filter(|r| m.wants(&r.address))
+        .map(|r| journal::Recipient {
+            // A copy's failures are never reported to the sender.
+            notify: smtp_proto::RCPT_NOTIFY_NEVER,
+            ..r.clone()
+        })
+        .collect();
+    if rcpts.is_empty() {
+        return None;
+    }
+    Some(Record {
+        id: journal.next_id(),
+        purpose: Purpose::Mirror {
+            mirror: m.name.clone(),
+        },
+        rcpts,
+        ..primary.clone()
+    })
 }
 
 fn log_received(r: &Record) {

@@ -57,6 +57,23 @@ pub fn header(
     h.into_bytes()
 }
 
+/// The header lines a replayed copy carries before the original bytes: our
+/// `Received:` (by us, for the replay, dated when the replay job was made)
+/// and `X-Breakwater-Replay: ID`, so the backend or a person can tell.
+pub fn replay_headers(
+    hostname: &str,
+    replay: &str,
+    job: QueueId,
+    date: chrono::DateTime<chrono::Utc>,
+) -> Vec<u8> {
+    let replay = sanitize(replay);
+    format!(
+        "Received: by {hostname} (breakwater replay {replay}) id {job};\r\n\t{}\r\nX-Breakwater-Replay: {replay}\r\n",
+        date.format("%a, %d %b %Y %H:%M:%S +0000")
+    )
+    .into_bytes()
+}
+
 /// Keeps a client-supplied token from breaking the header: no controls, no
 /// spaces, no parentheses (comments), bounded length.
 fn sanitize(s: &str) -> String {

@@ -11,8 +11,10 @@ const STORED: usize = 70_000;
 /// A journal holding one message of `STORED` bytes (two slices).
 async fn journal_with_message(dir: &std::path::Path) -> (Journal, QueueId) {
     let (j, _) = Journal::open(&Options::new(dir, 1 << 30)).unwrap();
+    let id = j.next_id();
     let record = Record {
-        id: j.next_id(),
+        id,
+        message: id,
         envelope: Envelope {
             mail_from: "s@client.test".into(),
             params: MailParams::default(),
@@ -26,7 +28,7 @@ async fn journal_with_message(dir: &std::path::Path) -> (Journal, QueueId) {
         attempts: 0,
         next_attempt_ms: 0,
         held: false,
-        bounce: false,
+        purpose: crate::journal::Purpose::Primary,
         delay_warned: false,
         history: Vec::new(),
     };
@@ -76,6 +78,7 @@ async fn send_short(chunking: bool) -> (Result<Response<String>, TransferError>,
         id,
         size: STORED as u64 + 10, // the record claims more than is stored
         line_limit: 0,
+        prefix: &[],
     };
     let result = send(&mut client, chunking, body).await;
     drop(client);
