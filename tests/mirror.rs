@@ -59,6 +59,13 @@ async fn a_dead_standby_never_holds_up_the_backends_and_gets_every_copy_later() 
         )
         .await
     );
+    // Delivered as far as the backends go: the queue is empty and young; the
+    // standby's backlog has its own gauge.
+    assert_eq!(relay.metric("breakwater_queue_depth").await, 0.0);
+    assert_eq!(
+        relay.metric("breakwater_queue_oldest_age_seconds").await,
+        0.0
+    );
     // The copies are in the message's job list.
     let (_, body) = relay.http("GET", "/api/queue?state=delivered").await;
     assert!(body.contains("mirror:standby"), "{body}");

@@ -30,7 +30,7 @@ type S = AxState<Arc<State>>;
 /// Messages a replay stores jobs for at once (the group commit batches them).
 const REPLAY_BATCH: usize = 256;
 /// Messages one replay may select (a larger selection is refused: narrow it).
-const MAX_REPLAY: usize = 1_000_000;
+const MAX_REPLAY: usize = 200_000;
 /// Messages a dry run lists.
 const DRY_RUN_LIST: usize = 1_000;
 /// Most entries one page of `GET /api/messages` returns, and looks at.

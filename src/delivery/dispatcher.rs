@@ -109,8 +109,12 @@ pub struct Dispatcher {
     mirror_flight: HashMap<String, usize>,
     /// When each message's delay warning is due (`delivery.delay_warning`).
     warnings: BTreeSet<(u64, QueueId)>,
-    /// Every id in the journal (ids sort by arrival: the first is the oldest).
+    /// Every job in the journal but mirror copies (ids sort by arrival: the
+    /// first is the oldest), for the oldest age: a dead standby does not age
+    /// the queue (its copies have `breakwater_mirror_queue_depth`).
     all: BTreeSet<QueueId>,
+    /// Mirror copies in the journal.
+    copies: BTreeSet<QueueId>,
     /// Outcomes the journal could not record. While there are any, no delivery
     /// starts: its outcome could not be recorded either.
     unsaved: HashMap<QueueId, Record>,
@@ -143,6 +147,7 @@ impl Dispatcher {
             mirror_flight: HashMap::new(),
             warnings: BTreeSet::new(),
             all: BTreeSet::new(),
+            copies: BTreeSet::new(),
             unsaved: HashMap::new(),
             persist_at: Instant::now(),
             in_flight: 0,
@@ -151,7 +156,7 @@ impl Dispatcher {
             tracing::info!("recovered {} messages from the journal", recovered.len());
         }
         for r in recovered {
-            d.all.insert(r.id);
+            d.track(&r);
             d.file(r);
         }
         d
@@ -282,6 +287,20 @@ impl Dispatcher {
         }
     }
 
+    /// Remembers a job that is in the journal.
+    fn track(&mut self, r: &Record) {
+        match r.purpose.mirror() {
+            Some(_) => self.copies.insert(r.id),
+            None => self.all.insert(r.id),
+        };
+    }
+
+    /// Forgets a job gone from the journal.
+    fn untrack(&mut self, r: &Record) {
+        self.all.remove(&r.id);
+        self.copies.remove(&r.id);
+    }
+
     /// Counts an attempt starting on a job of `purpose`.
     fn took_off(&mut self, purpose: &Purpose) {
         match purpose.mirror() {
@@ -310,7 +329,7 @@ impl Dispatcher {
     async fn handle(&mut self, ev: Event) {
         match ev {
             Event::New(r) => {
-                self.all.insert(r.id);
+                self.track(&r);
                 self.file(*r);
             }
             Event::Flush => {
@@ -407,12 +426,12 @@ impl Dispatcher {
             self.drain.record(report.signal, report.took);
         }
         if let Some(notice) = report.notice {
-            self.all.insert(notice.id);
+            self.track(&notice);
             self.file(*notice);
         }
         match report.status {
             Status::Removed => {
-                self.all.remove(&report.record.id);
+                self.untrack(&report.record);
             }
             Status::Kept => self.file(*report.record),
             Status::Unsaved => {
@@ -425,7 +444,7 @@ impl Dispatcher {
 
     /// Why a message that is not among the idle records cannot be changed.
     fn not_idle(&self, id: QueueId) -> QueueError {
-        if self.all.contains(&id) {
+        if self.all.contains(&id) || self.copies.contains(&id) {
             QueueError::Conflict(format!("{id} is being delivered right now; try again"))
         } else {
             QueueError::NotFound(format!("{id} is not in the queue"))
@@ -461,7 +480,7 @@ impl Dispatcher {
         let now = self.shared.clock.now_ms();
         match self.shared.journal.remove(&r, now, 0).await {
             Ok(()) => {
-                self.all.remove(&id);
+                self.untrack(&r);
                 self.shared.metrics.messages_deleted.inc();
                 let open = r.rcpts.iter().filter(|x| x.state.is_open()).count();
                 tracing::warn!(

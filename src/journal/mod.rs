@@ -173,8 +173,10 @@ struct Inner {
     writer: Mutex<Option<JoinHandle<()>>>,
     ids: IdGenerator,
     live_bytes: AtomicU64,
-    /// Messages a job still needs, for an exact `breakwater_queue_depth`.
-    messages: AtomicU64,
+    /// Open jobs other than mirror copies, by message: its length is
+    /// `breakwater_queue_depth` (a message whose only job left is a copy
+    /// for a dead standby is delivered as far as the backends go).
+    open: Mutex<std::collections::HashMap<u64, u32>>,
     /// Messages no job needs, kept for `journal.retain_delivered`.
     retained: Mutex<RetainedIndex>,
     max_bytes: u64,
@@ -288,7 +290,7 @@ impl Journal {
             writer: Mutex::new(Some(writer)),
             ids: IdGenerator::new(loaded.floor),
             live_bytes: AtomicU64::new(loaded.bytes),
-            messages: AtomicU64::new(loaded.busy),
+            open: Mutex::new(loaded.open),
             retained: Mutex::new(loaded.retained),
             max_bytes: opts.max_bytes,
             min_free_bytes: opts.min_free_bytes,
@@ -375,8 +377,10 @@ impl Journal {
                 tally,
             })
             .await?;
+        if record.purpose.mirror().is_none() {
+            self.close_open(record.message.0);
+        }
         if let Applied::Retired { retained } = applied {
-            self.forget_busy();
             if retained {
                 let mut idx = self.inner.retained.lock().expect("retained lock");
                 idx.insert(record.message.0, record.size, retain_until_ms);
@@ -397,12 +401,8 @@ impl Journal {
             .lock()
             .expect("retained lock")
             .remove(msg);
-        if took.is_some() {
-            self.inner.messages.fetch_add(1, Ordering::Relaxed);
-        }
         let put_back = |j: &Journal| {
             if let Some((size, until)) = took {
-                j.forget_busy();
                 let mut idx = j.inner.retained.lock().expect("retained lock");
                 idx.insert(msg, size, until);
             }
@@ -422,12 +422,14 @@ impl Journal {
             }
             Ok(Applied::Missing) => {
                 if let Some((size, _)) = took {
-                    self.forget_busy();
                     self.release(size);
                 }
                 Ok(Added::Missing)
             }
-            Ok(_) => Ok(Added::Added),
+            Ok(_) => {
+                self.add_open(msg, 1);
+                Ok(Added::Added)
+            }
             Err(e) => {
                 put_back(self);
                 Err(e)
@@ -478,17 +480,34 @@ impl Journal {
         n
     }
 
-    fn forget_busy(&self) {
-        let _ = self
-            .inner
-            .messages
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+    /// Messages the backends (or a sender's server) still have to get:
+    /// counted from the commit until the last job but mirror copies ends.
+    /// Retained messages, and messages waiting only for a standby's copy,
+    /// are not counted (`breakwater_queue_depth`).
+    pub fn message_count(&self) -> u64 {
+        self.inner.open.lock().expect("open lock").len() as u64
     }
 
-    /// Messages some job still needs (each counted from its commit until its
-    /// last job ends; retained messages are not counted).
-    pub fn message_count(&self) -> u64 {
-        self.inner.messages.load(Ordering::Relaxed)
+    fn add_open(&self, msg: u64, n: u32) {
+        if n > 0 {
+            *self
+                .inner
+                .open
+                .lock()
+                .expect("open lock")
+                .entry(msg)
+                .or_default() += n;
+        }
+    }
+
+    fn close_open(&self, msg: u64) {
+        let mut open = self.inner.open.lock().expect("open lock");
+        if let Some(n) = open.get_mut(&msg) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&msg);
+            }
+        }
     }
 
     /// Stores a setting durably.
@@ -889,7 +908,8 @@ impl Spool {
             .await;
         self.committed = result.is_ok();
         if self.committed {
-            self.journal.inner.messages.fetch_add(1, Ordering::Relaxed);
+            let open = jobs.iter().filter(|j| j.purpose.mirror().is_none()).count();
+            self.journal.add_open(self.id.0, open as u32);
         }
         result.map(drop)
     }
@@ -1056,8 +1076,7 @@ fn migrate(db: &Database) -> Result<usize, Error> {
 struct Loaded {
     jobs: Vec<Record>,
     retained: RetainedIndex,
-    /// Messages with a job.
-    busy: u64,
+    open: std::collections::HashMap<u64, u32>,
     /// Bytes of every stored message.
     bytes: u64,
     /// The largest id in use.
@@ -1071,7 +1090,7 @@ fn load(db: &Database) -> Result<Loaded, Error> {
     let mut out = Loaded {
         jobs: Vec::new(),
         retained: RetainedIndex::default(),
-        busy: 0,
+        open: std::collections::HashMap::new(),
         bytes: 0,
         floor: 0,
     };
@@ -1094,16 +1113,19 @@ fn load(db: &Database) -> Result<Loaded, Error> {
             let (jk, jv) = j.map_err(read_error)?;
             out.floor = out.floor.max(jk.value().1);
             match StoredJob::decode(jv.value()) {
-                Ok(job) => out.jobs.push(job.join(&m)),
+                Ok(job) => {
+                    if job.purpose.mirror().is_none() {
+                        *out.open.entry(id).or_default() += 1;
+                    }
+                    out.jobs.push(job.join(&m));
+                }
                 Err(e) => tracing::error!(
                     id = %QueueId(jk.value().1),
                     "unreadable delivery job of {} kept in journal: {e}", QueueId(id)
                 ),
             }
         }
-        if out.jobs.len() > before {
-            out.busy += 1;
-        } else {
+        if out.jobs.len() == before {
             // No job needs it: retained (a message without jobs and without a
             // retention time is given up at once).
             out.retained.insert(id, m.size, m.retain_until_ms);
