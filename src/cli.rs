@@ -472,6 +472,17 @@ fn show(m: &MessageView) {
             println!("      delivered to {b}");
         }
     }
+    if let Some(until) = &m.retained_until {
+        println!("retained: until {until} (journal.retain_delivered)");
+    }
+    for j in &m.jobs {
+        let states: Vec<String> = j
+            .recipients
+            .iter()
+            .map(|r| format!("<{}> {}", r.address, r.state))
+            .collect();
+        println!("job:      {} {} {}", j.id, j.purpose, states.join(", "));
+    }
     if let Some(attempts) = &m.attempts {
         println!("attempts:");
         if attempts.is_empty() {

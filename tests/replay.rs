@@ -87,8 +87,16 @@ async fn replay_after_a_backend_restore_sends_each_message_once() {
     )
     .await;
     assert_eq!(run.code, 0, "{run:?}");
-    let listed = run.json()["messages"].as_array().unwrap().len();
-    assert_eq!(listed, N, "{}", run.stdout);
+    let listed = run.json()["messages"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), N, "{}", run.stdout);
+    let id = listed[0]["id"].as_str().unwrap();
+    let run = cli(&["queue", "show", id, "--json", "--admin", &admin], &[]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let shown = run.json();
+    assert!(shown["retained_until"].as_str().is_some(), "{shown}");
+    assert_eq!(shown["recipients"][0]["state"], "delivered");
+    assert_eq!(shown["recipients"][0]["backend"], "b0");
+    assert_eq!(shown["recipients"][0]["last_reply"]["code"], 250, "{shown}");
     // ... but not in the queue proper.
     let run = cli(&["queue", "list", "--json", "--admin", &admin], &[]).await;
     assert_eq!(run.json()["messages"].as_array().unwrap().len(), 0);
