@@ -407,6 +407,37 @@ impl Journal {
         Ok((out, None))
     }
 
+    /// Records newest first, before `before` (`None`: from the newest),
+    /// looking at no more than `scan`; returns them and where the next page
+    /// starts (`None` at the end). Records that cannot be decoded are skipped
+    /// (the open logged them). Reads metadata only: call from a blocking task.
+    pub fn page_newest(
+        &self,
+        before: Option<QueueId>,
+        scan: usize,
+    ) -> Result<(Vec<Record>, Option<QueueId>), Error> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let table = txn.open_table(META).map_err(read_error)?;
+        let range = match before {
+            Some(b) => table.range(..b.0),
+            None => table.range::<u64>(..),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for (seen, entry) in range.map_err(read_error)?.rev().enumerate() {
+            if seen >= scan {
+                return Ok((out, last));
+            }
+            let (k, v) = entry.map_err(read_error)?;
+            last = Some(QueueId(k.value()));
+            if let Ok(r) = Record::decode(v.value()) {
+                out.push(r);
+            }
+        }
+        Ok((out, None))
+    }
+
     /// The stored bytes of a message, `None` if it is not in the journal.
     /// Holds the whole message in memory: delivery streams it with
     /// [`Journal::read_parts`] instead.
