@@ -293,16 +293,21 @@ fn set_cookie(name: &str, value: &str, max_age: Option<u64>, secure: bool) -> He
     HeaderValue::from_str(&c).unwrap_or_else(|_| HeaderValue::from_static("bw_invalid=1"))
 }
 
-/// Refuses a POST from another site (see `check` in admin/mod.rs).
+/// Refuses a POST from another site (see `check` in admin/mod.rs). Our
+/// pages send `Referrer-Policy: no-referrer`, under which browsers send
+/// `Origin: null` even for their own forms; that is accepted only when the
+/// browser also says `Sec-Fetch-Site: same-origin` (a header no page can set).
 fn same_site(headers: &HeaderMap) -> Result<(), &'static str> {
-    if let Some(site) = headers.get("sec-fetch-site")
+    let site = headers.get("sec-fetch-site");
+    if let Some(site) = site
         && !matches!(site.to_str(), Ok("none" | "same-origin"))
     {
         return Err("This form was sent from another site, so it was refused.");
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if !origin.to_str().is_ok_and(|o| same_origin(o, host)) {
+        let own_null = origin == "null" && site.is_some_and(|s| s == "same-origin");
+        if !own_null && !origin.to_str().is_ok_and(|o| same_origin(o, host)) {
             return Err("This form was sent from another origin, so it was refused.");
         }
     }

@@ -247,7 +247,14 @@ fn cookies_origins_and_https() {
     h.insert(header::ORIGIN, "http://evil.test".parse().unwrap());
     assert!(same_site(&h).is_err());
     h.insert(header::ORIGIN, "null".parse().unwrap());
-    assert!(same_site(&h).is_err());
+    assert!(
+        same_site(&h).is_err(),
+        "null, the browser not saying same-origin"
+    );
+    h.insert("sec-fetch-site", "same-origin".parse().unwrap());
+    assert!(same_site(&h).is_ok(), "our own form under no-referrer");
+    h.remove("sec-fetch-site");
+    assert!(same_site(&h).is_err(), "null alone");
 
     let mut h = HeaderMap::new();
     assert!(!is_https(&h));
