@@ -128,6 +128,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: Log,
+    /// Who may read held mail on `/mail`, and whose mail.
+    #[serde(default)]
+    pub mailbox_access: Vec<MailboxAccess>,
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -655,6 +658,30 @@ impl Admin {
     }
 }
 
+/// `[[mailbox_access]]`: one person who may read held mail on `/mail`
+/// during an outage, and the recipients whose mail they may see.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxAccess {
+    /// The sign-in name.
+    pub user: String,
+    /// An argon2 PHC string, from `breakwater hash-password`.
+    pub password_hash: String,
+    /// `alice@example.com` (any case) or `*@example.com` (the whole domain).
+    #[serde(default)]
+    pub addresses: Vec<String>,
+}
+
+impl fmt::Debug for MailboxAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MailboxAccess")
+            .field("user", &self.user)
+            .field("password_hash", &"<hidden>")
+            .field("addresses", &self.addresses)
+            .finish()
+    }
+}
+
 /// `[log]`: how log lines look.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -777,7 +804,43 @@ impl Config {
         if let Err(e) = self.admin.token() {
             p.add("admin.token_file", e);
         }
+        self.validate_mailbox_access(&mut p);
         p.0
+    }
+
+    fn validate_mailbox_access(&self, p: &mut Problems) {
+        for (i, m) in self.mailbox_access.iter().enumerate() {
+            let key = |k: &str| format!("mailbox_access[{i}].{k}");
+            if m.user.trim().is_empty() {
+                p.add(key("user"), "must not be empty");
+            } else if m.user.len() > 64
+                || m.user.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                p.add(key("user"), "must be at most 64 characters, without spaces");
+            } else if m.user == crate::admin::mail::ADMIN_USER {
+                p.add(
+                    key("user"),
+                    "\"admin\" is reserved: it signs in with the admin token (admin.token_file)",
+                );
+            }
+            if self.mailbox_access[..i].iter().any(|o| o.user == m.user) {
+                p.add(key("user"), format!("{:?} is used twice", m.user));
+            }
+            if let Err(e) = crate::admin::mail::check_password_hash(&m.password_hash) {
+                p.add(key("password_hash"), e);
+            }
+            if m.addresses.is_empty() {
+                p.add(
+                    key("addresses"),
+                    "must list at least one address (alice@example.com or *@example.com)",
+                );
+            }
+            for (j, a) in m.addresses.iter().enumerate() {
+                if let Err(e) = crate::admin::mail::Pattern::parse(a) {
+                    p.add(format!("mailbox_access[{i}].addresses[{j}]"), e);
+                }
+            }
+        }
     }
 
     fn validate_smtp(&self, p: &mut Problems) {
@@ -1096,6 +1159,59 @@ mod tests {
         ] {
             assert!(keys.contains(&want), "missing {want} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn mailbox_access_is_checked() {
+        let hash = crate::admin::mail::hash_password("pw").unwrap();
+        let ok = format!(
+            "{MINIMAL}\n[[mailbox_access]]\nuser = \"alice\"\npassword_hash = \"{hash}\"\naddresses = [\"alice@example.com\", \"*@sales.example.com\"]\n"
+        );
+        let c = Config::parse(&ok).unwrap();
+        assert_eq!(c.mailbox_access[0].user, "alice");
+        assert!(
+            !format!("{c:?}").contains(&hash),
+            "the hash stays out of Debug"
+        );
+        let bad = format!(
+            "{MINIMAL}
+[[mailbox_access]]
+user = \"\"
+password_hash = \"$argon2id$v=19$...\"
+addresses = [\"alice\"]
+[[mailbox_access]]
+user = \"bob\"
+password_hash = \"{hash}\"
+addresses = []
+[[mailbox_access]]
+user = \"bob\"
+password_hash = \"{hash}\"
+addresses = [\"*@x.test\"]
+[[mailbox_access]]
+user = \"admin\"
+password_hash = \"{hash}\"
+addresses = [\"*@x.test\"]
+"
+        );
+        let Error::Invalid(problems) = Config::parse(&bad).unwrap_err() else {
+            panic!("expected validation errors");
+        };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for want in [
+            "mailbox_access[0].user",
+            "mailbox_access[0].password_hash",
+            "mailbox_access[0].addresses[0]",
+            "mailbox_access[1].addresses",
+            "mailbox_access[2].user",
+            "mailbox_access[3].user",
+        ] {
+            assert!(keys.contains(&want), "missing {want} in {problems:?}");
+        }
+        let e = Config::parse(&format!(
+            "{MINIMAL}\n[[mailbox_access]]\nuser = \"a\"\npassword_hash = \"{hash}\"\naddresses = [\"a@x.test\"]\npassword = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("password"), "{e}");
     }
 
     #[test]

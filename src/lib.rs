@@ -200,6 +200,7 @@ pub async fn run(
                 .map(|b| (b.name.clone(), b.address.clone()))
                 .collect(),
         )),
+        mailbox_access: Arc::new(std::sync::RwLock::new(config.mailbox_access.clone())),
     });
     match hangup {
         Ok(hup) => {
@@ -233,6 +234,8 @@ pub async fn run(
             token: reloader.token.clone(),
             backends: reloader.backends.clone(),
             reload: Box::new(move || r.reload()),
+            mail: Arc::new(admin::mail::JournalSource(ctx.journal.clone())),
+            mailbox_access: reloader.mailbox_access.clone(),
         });
         tokio::spawn(admin::serve(l, state));
     }

@@ -69,6 +69,9 @@ enum Command {
         #[command(flatten)]
         daemon: cli::Daemon,
     },
+    /// Read a password on stdin, print an argon2id PHC string for
+    /// `mailbox_access[N].password_hash`.
+    HashPassword,
 }
 
 fn main() -> ExitCode {
@@ -99,6 +102,53 @@ fn main() -> ExitCode {
         Command::Quiet { verb, daemon } => cli::quiet(verb, &daemon),
         Command::Replay { args, daemon } => cli::replay(args, &daemon),
         Command::Export { args, daemon } => cli::export(args, &daemon),
+        Command::HashPassword => hash_password(),
+    }
+}
+
+/// `breakwater hash-password`: one line from stdin (its line end removed).
+fn hash_password() -> ExitCode {
+    use std::io::{IsTerminal as _, Read as _};
+    if std::io::stdin().is_terminal() {
+        eprint!("Password (shown as typed): ");
+    }
+    let mut line = Vec::new();
+    let mut stdin = std::io::stdin().lock().take(64 * 1024);
+    let mut byte = [0u8; 1];
+    loop {
+        match stdin.read(&mut byte) {
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                eprintln!("breakwater: cannot read the password from stdin: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+    }
+    let Ok(password) = String::from_utf8(line) else {
+        eprintln!("breakwater: the password is not UTF-8 text");
+        return ExitCode::from(1);
+    };
+    if password.is_empty() {
+        eprintln!(
+            "breakwater: refusing an empty password: type it and press Enter, or pipe it in (printf '%s\\n' \"$PASSWORD\" | breakwater hash-password)"
+        );
+        return ExitCode::from(1);
+    }
+    match breakwater::admin::mail::hash_password(&password) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("breakwater: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

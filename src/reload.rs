@@ -27,6 +27,8 @@ pub(crate) struct Reloader {
     /// The admin API's token and backend list.
     pub token: Arc<RwLock<Option<String>>>,
     pub backends: Arc<RwLock<Vec<(String, String)>>>,
+    /// `/mail`'s users (`[[mailbox_access]]`), live like the token.
+    pub mailbox_access: Arc<RwLock<Vec<config::MailboxAccess>>>,
 }
 
 impl Reloader {
@@ -134,6 +136,7 @@ impl Reloader {
         *self.ctx.recipients.write().expect("recipients lock") = Arc::new(recipients);
         *self.ctx.config.write().expect("config lock") = new.clone();
         *self.token.write().expect("token lock") = token;
+        *self.mailbox_access.write().expect("access lock") = new.mailbox_access.clone();
         *self.backends.write().expect("backends lock") = new
             .backend
             .iter()
@@ -269,6 +272,16 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.relay.domains != new.relay.domains {
         out.push(format!("relay.domains: {}", new.relay.domains.join(", ")));
+    }
+    let users = |c: &Config| {
+        c.mailbox_access
+            .iter()
+            .map(|m| (m.user.clone(), m.password_hash.clone(), m.addresses.clone()))
+            .collect::<Vec<_>>()
+    };
+    if users(old) != users(new) {
+        let names: Vec<&str> = new.mailbox_access.iter().map(|m| m.user.as_str()).collect();
+        out.push(format!("mailbox_access: [{}]", names.join(", ")));
     }
     out
 }

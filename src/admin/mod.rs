@@ -10,9 +10,13 @@
 //! a token, `/api` answers only requests addressed to an IP literal or
 //! `localhost` (a DNS-rebinding page cannot read the queue either). Headers,
 //! bodies and the time a client may take are bounded.
+//!
+//! `/mail` ([`mail`]) is for people, not tools: sign-in pages to read held
+//! mail during an outage, with guards of their own.
 
 pub mod api;
 pub mod history;
+pub mod mail;
 pub mod metrics;
 
 use crate::delivery::Queue;
@@ -46,6 +50,10 @@ pub struct State {
     pub backends: Arc<RwLock<Vec<(String, String)>>>,
     /// What `POST /api/reload` (and SIGHUP) does: a summary, or what failed.
     pub reload: Box<dyn Fn() -> Result<String, String> + Send + Sync>,
+    /// Where `/mail` reads messages (the journal).
+    pub mail: Arc<dyn mail::MailSource>,
+    /// Who may sign in on `/mail` (`[[mailbox_access]]`, replaced on reload).
+    pub mailbox_access: Arc<RwLock<Vec<crate::config::MailboxAccess>>>,
 }
 
 /// Largest request body (the API's bodies are a few hundred bytes).
@@ -69,6 +77,7 @@ pub fn router(state: Arc<State>) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .nest("/api", api)
+        .merge(mail::routes(state.clone()))
         .fallback(|| async { api::error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
@@ -78,7 +87,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
     let app = router(state.clone());
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -93,7 +102,13 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
             drop(stream); // too many admin clients at once
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let inner = hyper_util::service::TowerToHyperService::new(app.clone());
+        // The client's address, for `/mail`'s sign-in limits.
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<_>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            hyper::service::Service::call(&inner, req)
+        });
         tokio::spawn(async move {
             let io = hyper_util::rt::TokioIo::new(stream);
             let conn = hyper::server::conn::http1::Builder::new()

@@ -610,6 +610,47 @@ impl Journal {
         Ok((out, None))
     }
 
+    /// Messages (queued and retained) newest first, before `before` (`None`:
+    /// from the newest), looking at no more than `scan`; returns them and
+    /// where the next page starts (`None` at the end). Messages that cannot
+    /// be decoded are skipped (the open logged them). Reads metadata only:
+    /// call from a blocking task.
+    pub fn page_newest(
+        &self,
+        before: Option<QueueId>,
+        scan: usize,
+    ) -> Result<(Vec<Entry>, Option<QueueId>), Error> {
+        let db = self.inner.shared.db()?;
+        let txn = db.begin_read().map_err(read_error)?;
+        let messages = txn.open_table(MESSAGES).map_err(read_error)?;
+        let jobs = txn.open_table(JOBS).map_err(read_error)?;
+        let range = match before {
+            Some(b) => messages.range(..b.0),
+            None => messages.range::<u64>(..),
+        };
+        let mut out = Vec::new();
+        let mut last = None;
+        for (seen, entry) in range.map_err(read_error)?.rev().enumerate() {
+            if seen >= scan {
+                return Ok((out, last));
+            }
+            let (k, v) = entry.map_err(read_error)?;
+            let id = QueueId(k.value());
+            last = Some(id);
+            let mut job_bytes = Vec::new();
+            for j in jobs
+                .range((id.0, 0)..=(id.0, u64::MAX))
+                .map_err(read_error)?
+            {
+                job_bytes.push(j.map_err(read_error)?.1.value().to_vec());
+            }
+            if let Ok(e) = Entry::decode(id, v.value(), &job_bytes) {
+                out.push(e);
+            }
+        }
+        Ok((out, None))
+    }
+
     /// The stored bytes of a message, `None` if it is not in the journal.
     /// Holds the whole message in memory: delivery streams it with
     /// [`Journal::read_parts`] instead.
