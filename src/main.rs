@@ -180,9 +180,15 @@ fn run(path: &std::path::Path, log_format: Option<&str>) -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A log line that cannot be written (the log's file system is full, stderr
+    // is closed) is dropped: by default the fmt layer reports the failure with
+    // eprintln!, which panics when stderr cannot be written, and that would
+    // kill whichever task or thread was logging (a delivery, the journal's
+    // writer). Losing log lines must never stop mail.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     if json {
         logs.json().with_current_span(false).init();

@@ -145,6 +145,15 @@ fn replay_id(since: u64, until: Option<u64>, recipient: Option<&str>, to: Option
     format!("R{:012X}", h >> 16)
 }
 
+/// A message a replay selected: only what its new job needs (a replay may
+/// select many thousands: the rest of the stored entry is not kept).
+struct Selected {
+    message: QueueId,
+    envelope: journal::Envelope,
+    size: u64,
+    rcpts: Vec<Recipient>,
+}
+
 /// What a selection matches in one stored message: the recipients the
 /// primary delivery got to that the pattern takes, if any.
 fn matching(
@@ -152,7 +161,7 @@ fn matching(
     since: u64,
     until: Option<u64>,
     recipient: Option<&str>,
-) -> Option<Vec<Recipient>> {
+) -> Option<Selected> {
     let arrived = e.message.envelope.arrived_ms;
     if arrived < since || until.is_some_and(|u| arrived >= u) {
         return None;
@@ -172,7 +181,12 @@ fn matching(
             dsn_sent: false,
         })
         .collect();
-    (!rcpts.is_empty()).then_some(rcpts)
+    (!rcpts.is_empty()).then(|| Selected {
+        message: e.message.id,
+        envelope: e.message.envelope.clone(),
+        size: e.message.size,
+        rcpts,
+    })
 }
 
 /// Every message of the journal `keep` takes, oldest first, read page by page.
@@ -181,7 +195,7 @@ fn select<T: Send>(
     since: u64,
     mut keep: impl FnMut(&Entry) -> Option<T>,
     max: usize,
-) -> Result<Vec<(Entry, T)>, ApiError> {
+) -> Result<Vec<T>, ApiError> {
     let mut out = Vec::new();
     let mut after = None;
     // Ids are arrival microseconds: start close to `since`.
@@ -198,7 +212,7 @@ fn select<T: Send>(
                 |_, _| Look::Decode,
                 |e| {
                     if let Some(t) = keep(e) {
-                        found.push((e.clone(), t));
+                        found.push(t);
                     }
                     false
                 },
@@ -301,11 +315,11 @@ async fn run_replay(state: &State, req: ReplayRequest) -> Result<ReplayAnswer, A
         answer.messages = selected
             .iter()
             .take(DRY_RUN_LIST)
-            .map(|(e, rcpts)| ReplayItem {
-                id: e.message.id.to_string(),
-                from: e.message.envelope.mail_from.clone(),
-                arrived: rfc3339(e.message.envelope.arrived_ms),
-                recipients: rcpts.iter().map(|r| r.address.clone()).collect(),
+            .map(|m| ReplayItem {
+                id: m.message.to_string(),
+                from: m.envelope.mail_from.clone(),
+                arrived: rfc3339(m.envelope.arrived_ms),
+                recipients: m.rcpts.iter().map(|r| r.address.clone()).collect(),
             })
             .collect();
         return Ok(answer);
@@ -319,19 +333,21 @@ async fn run_replay(state: &State, req: ReplayRequest) -> Result<ReplayAnswer, A
     let mut pending = selected.into_iter();
     loop {
         while tasks.len() < REPLAY_BATCH {
-            let Some((e, rcpts)) = pending.next() else {
+            let Some(m) = pending.next() else {
                 break;
             };
             let record = Record {
                 id: state.journal.next_id(),
+                message: m.message,
                 purpose: purpose.clone(),
-                rcpts,
+                envelope: m.envelope,
+                rcpts: m.rcpts,
+                size: m.size,
                 attempts: 0,
                 next_attempt_ms: 0,
                 held: false,
                 delay_warned: false,
                 history: Vec::new(),
-                ..e.view()
             };
             let journal = state.journal.clone();
             let replay = id.clone();

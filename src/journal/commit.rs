@@ -168,16 +168,17 @@ struct Discarding {
 }
 
 /// The writer loop; returns when a `Shutdown` op was handled or every sender is gone.
-pub(super) fn run(shared: Arc<Shared>, rx: Receiver<Op>, limits: BatchLimits) {
+pub(super) fn run(shared: Arc<Shared>, rx: &Receiver<Op>, limits: BatchLimits) {
     let mut batch: Vec<Op> = Vec::with_capacity(limits.max_ops);
-    let mut generation = 0u64;
+    // Where a restarted writer (after a panic) left off.
+    let mut generation = shared.generation.load(std::sync::atomic::Ordering::Acquire);
     let mut discarding: VecDeque<Discarding> = VecDeque::new();
     loop {
         if shared.db().is_err() {
             // Staged parts may be gone with the reopen; drop_unfinished at the
             // next open takes whatever is left.
             discarding.clear();
-            if !reopen(&shared, &rx, &mut generation) {
+            if !reopen(&shared, rx, &mut generation) {
                 return;
             }
         }

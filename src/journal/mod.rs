@@ -195,6 +195,8 @@ pub(crate) struct Shared {
     /// True while the database is open; changes are announced.
     usable: watch::Sender<bool>,
     generation: AtomicU64,
+    /// Times the writer panicked (and went on).
+    pub(crate) panicked: AtomicU64,
 }
 
 impl Shared {
@@ -273,13 +275,35 @@ impl Journal {
             broken: Mutex::new(None),
             usable: watch::channel(true).0,
             generation: AtomicU64::new(0),
+            panicked: AtomicU64::new(0),
         });
         let (tx, rx) = mpsc::channel();
         let writer_shared = shared.clone();
         let limits = opts.batch;
         let writer = std::thread::Builder::new()
             .name("journal-commit".into())
-            .spawn(move || commit::run(writer_shared, rx, limits))
+            .spawn(move || {
+                // The only writer must outlive a panic (a bug, a failed log
+                // write): the ops of the batch it was on are answered "closed"
+                // (their callers answer 451 or keep the outcome to write
+                // again) and the next batch is taken as usual.
+                for restarts in 0u64.. {
+                    let run = std::panic::AssertUnwindSafe(|| {
+                        commit::run(writer_shared.clone(), &rx, limits)
+                    });
+                    match std::panic::catch_unwind(run) {
+                        Ok(()) => return,
+                        Err(_) => {
+                            writer_shared.panicked.fetch_add(1, Ordering::Relaxed);
+                            if restarts % 1000 == 0 {
+                                tracing::error!(
+                                    "journal writer panicked; its batch was refused, writing goes on"
+                                );
+                            }
+                        }
+                    }
+                }
+            })
             .map_err(|source| Error::Setup {
                 what: "spawn the journal writer".into(),
                 source,
