@@ -112,7 +112,7 @@ pub fn login(error: Option<&str>, csrf: &str) -> String {
              <form class=\"login\" method=\"post\" action=\"/mail/login\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <label>User name <input name=\"user\" autocomplete=\"username\" required maxlength=\"64\" autofocus></label>\
-             <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required maxlength=\"1024\"></label>\
+             <label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
              <button type=\"submit\">Sign in</button></form>\
              <p class=\"note\">Administrators: user name <code>admin</code>, the admin token as password.</p>",
             esc(csrf)
