@@ -7,7 +7,7 @@
 //! - [`delivery`]: dispatcher (schedule, concurrency), backend client, outcomes, retry.
 //! - [`health`]: backend probes and up/down circuits.
 //! - [`schedule`]: quiet-time windows.
-//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/api`.
+//! - [`admin`]: `/metrics`, `/healthz`, `/readyz`, `/api`, and `/mail` (held mail for people).
 //! - [`shutdown`]: cancellation and task tracking, passed explicitly.
 //!
 //! [`run`] only wires these together: it takes already-bound listeners and a

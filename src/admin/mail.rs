@@ -479,7 +479,7 @@ async fn login(
         l.by_ip.fail(&ip_key, now);
         l.by_user.fail(&user_key, now);
     }
-    let password = f.password.chars().take(1024).collect();
+    let password = f.password;
     let Some(credential) = web.check(&user, password).await else {
         tracing::warn!("mailbox sign-in failed for user {user:?} from {ip}");
         return login_page(
