@@ -885,34 +885,60 @@ struct Browser {
 }
 
 impl Browser {
+    /// Starts chromedriver (on a port below the ephemeral range, so a test
+    /// binding port 0 meanwhile cannot take it; tried again on another port
+    /// if it does not come up), then a browser session.
     fn start() -> Browser {
-        let port = free_port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start chromedriver");
-        let profile = tempfile::tempdir().expect("profile dir");
-        let mut b = Browser {
-            driver,
-            url: format!("http://127.0.0.1:{port}"),
-            session: String::new(),
-            agent: agent(),
-            _profile: profile,
-        };
-        let ready = wait_until(Duration::from_secs(20), || {
-            b.agent
-                .get(format!("{}/status", b.url))
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok())
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-                .is_some_and(|v| v["value"]["ready"] == true)
-        });
-        assert!(ready, "chromedriver did not get ready on port {port}");
-        let profile = b._profile.path().display().to_string();
+        let mut tries = Vec::new();
+        for attempt in 0..4 {
+            let profile = tempfile::tempdir().expect("profile dir");
+            let log = profile.path().join("chromedriver.log");
+            let port = driver_port(attempt);
+            let driver = Command::new(CHROMEDRIVER)
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start chromedriver");
+            let mut b = Browser {
+                driver,
+                url: format!("http://127.0.0.1:{port}"),
+                session: String::new(),
+                agent: agent(),
+                _profile: profile,
+            };
+            let quick: ureq::Agent = ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(2)))
+                .http_status_as_error(false)
+                .proxy(None)
+                .build()
+                .into();
+            let mut exited = false;
+            let ready = wait_until(Duration::from_secs(30), || {
+                exited = matches!(b.driver.try_wait(), Ok(Some(_)));
+                exited
+                    || quick
+                        .get(format!("{}/status", b.url))
+                        .call()
+                        .ok()
+                        .and_then(|mut r| r.body_mut().read_to_string().ok())
+                        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+                        .is_some_and(|v| v["value"]["ready"] == true)
+            });
+            if ready && !exited {
+                b.open_session();
+                return b;
+            }
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            tries.push(format!("port {port} (exited: {exited}):\n{text}"));
+        }
+        panic!("chromedriver did not get ready:\n{}", tries.join("\n"));
+    }
+
+    fn open_session(&mut self) {
+        let profile = self._profile.path().display().to_string();
         let caps = serde_json::json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
@@ -926,12 +952,11 @@ impl Browser {
                 ],
             },
         }}});
-        let v = b.raw("POST", "/session", Some(caps));
-        b.session = v["value"]["sessionId"]
+        let v = self.raw("POST", "/session", Some(caps));
+        self.session = v["value"]["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {v}"))
             .to_owned();
-        b
     }
 
     /// A WebDriver call; the whole JSON answer.
@@ -1060,6 +1085,26 @@ impl Browser {
         self.type_into("input[name=password]", password);
         self.click_and_wait("form.login button[type=submit]");
     }
+}
+
+/// A free loopback port in 20000..30000 (below Linux's ephemeral range, where
+/// port-0 binds land), different for each `attempt` and each test process.
+fn driver_port(attempt: u32) -> u16 {
+    let seed = std::process::id()
+        .wrapping_mul(2_654_435_761)
+        .wrapping_add(attempt.wrapping_mul(7_919))
+        .wrapping_add(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos()),
+        );
+    for i in 0..1000u32 {
+        let port = 20_000 + ((seed.wrapping_add(i.wrapping_mul(104_729))) % 10_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
 }
 
 /// Standard base64 (padding and line breaks ignored).
