@@ -714,6 +714,44 @@ mod tests {
     }
 
     #[test]
+    fn message_pages_list_attachments_and_stop_at_the_size_limit() {
+        let v = super::super::access::Viewer::user("alice", &["alice@example.com".into()]);
+        let summary = MailSummary {
+            id: QueueId(0xAB),
+            from: "s@client.test".into(),
+            recipients: vec!["alice@example.com".into(), "bob@example.com".into()],
+            arrived_ms: 0,
+            size: 0,
+            state: "held".into(),
+        };
+        let msg = b"From: S <s@client.test>\r\nTo: alice@example.com\r\nCc: bob@example.com\r\n\
+            Subject: with attachment\r\nDate: Tue, 01 Dec 2026 10:00:00 +0000\r\n\
+            Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\nContent-Type: text/plain\r\n\r\n\
+            see <attached>\r\n--x\r\nContent-Type: application/pdf\r\n\
+            Content-Disposition: attachment; filename=\"report<1>.pdf\"\r\n\
+            Content-Transfer-Encoding: base64\r\n\r\nAAECAwQF\r\n--x--\r\n";
+        let page = message(&v, "tok", &summary, msg);
+        for want in [
+            "<dt>Subject</dt><dd>with attachment</dd>",
+            "<dt>Cc</dt><dd>bob@example.com</dd>",
+            "<dt>Date</dt><dd>2026-12-01T10:00:00Z</dd>",
+            "<dt>Held for</dt><dd>alice@example.com</dd>",
+            "<pre>see &lt;attached&gt;",
+            "<li>report&lt;1&gt;.pdf (6 B)</li>",
+            "/mail/msg/00000000000000AB/eml",
+            "name=\"csrf\" value=\"tok\"",
+        ] {
+            assert!(page.contains(want), "{want} not in {page}");
+        }
+        let mut big = b"Subject: big one\r\n\r\n".to_vec();
+        big.resize(MAX_RENDER + 1, b'x');
+        let page = message(&v, "tok", &summary, &big);
+        assert!(page.contains("<h1>big one</h1>"), "{page}");
+        assert!(page.contains("only its headers are shown"), "{page}");
+        assert!(!page.contains("xxxxxxxx"), "the body is not shown");
+    }
+
+    #[test]
     fn head_fields_decode_subject_and_from() {
         let (s, f) = head_fields(
             b"From: \"Ann\" <ann@client.test>\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?=\r\n\r\nx",
