@@ -573,18 +573,26 @@ pub fn quiet(verb: QuietVerb, d: &Daemon) -> ExitCode {
     })())
 }
 
-/// `breakwater replay` options.
+/// Which stored messages `replay` and `export` take.
 #[derive(Args, Debug)]
-pub struct ReplayArgs {
+pub struct Selection {
     /// Messages that arrived at or after this (RFC 3339, or YYYY-MM-DD in UTC).
     #[arg(long)]
     since: String,
     /// ... and before this.
     #[arg(long)]
     until: Option<String>,
-    /// Only recipients matching this (user@example.com or *@example.com).
+    /// Only messages (and, for replay, recipients) matching this
+    /// (user@example.com or *@example.com).
     #[arg(long)]
     recipient: Option<String>,
+}
+
+/// `breakwater replay` options.
+#[derive(Args, Debug)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    select: Selection,
     /// Only to this backend.
     #[arg(long)]
     to: Option<String>,
@@ -602,7 +610,7 @@ pub fn replay(a: ReplayArgs, d: &Daemon) -> ExitCode {
     finish((|| {
         let c = Client::new(d)?;
         let body = serde_json::json!({
-            "since": a.since, "until": a.until, "recipient": a.recipient,
+            "since": a.select.since, "until": a.select.until, "recipient": a.select.recipient,
             "to": a.to, "dry_run": a.dry_run,
         });
         let answer: ReplayAnswer = decode(c.call("POST", "/api/replay", Some(body))?)?;
@@ -685,15 +693,8 @@ fn progress_bar(done: u64, total: u64) -> String {
 /// `breakwater export` options.
 #[derive(Args, Debug)]
 pub struct ExportArgs {
-    /// Messages that arrived at or after this (RFC 3339, or YYYY-MM-DD in UTC).
-    #[arg(long)]
-    since: String,
-    /// ... and before this.
-    #[arg(long)]
-    until: Option<String>,
-    /// Only messages with a recipient matching this.
-    #[arg(long)]
-    recipient: Option<String>,
+    #[command(flatten)]
+    select: Selection,
     /// mbox (one file, DIR/breakwater.mbox, mboxrd, LF line ends) or maildir
     /// (DIR/new, one file per message, bytes exactly as stored).
     #[arg(long, value_parser = ["mbox", "maildir"])]
@@ -731,11 +732,12 @@ pub fn export(a: ExportArgs, d: &Daemon) -> ExitCode {
             }
         }
         let host = hostname();
-        let mut query = format!("/api/messages?limit=1000&since={}", escape(&a.since));
-        if let Some(u) = &a.until {
+        let sel = &a.select;
+        let mut query = format!("/api/messages?limit=1000&since={}", escape(&sel.since));
+        if let Some(u) = &sel.until {
             query.push_str(&format!("&until={}", escape(u)));
         }
-        if let Some(r) = &a.recipient {
+        if let Some(r) = &sel.recipient {
             query.push_str(&format!("&recipient={}", escape(r)));
         }
         let (mut count, mut bytes) = (0u64, 0u64);

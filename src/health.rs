@@ -273,6 +273,34 @@ impl Health {
     }
 }
 
+/// Starts the probes of `config`'s backends (into `backends`) and standbys
+/// (into `mirrors`), until `shutdown`.
+pub fn spawn_monitors(
+    backends: Arc<Health>,
+    mirrors: Arc<Health>,
+    config: &config::Config,
+    shutdown: CancellationToken,
+) {
+    tokio::spawn(monitor(
+        backends,
+        config.backend.clone(),
+        config.health.clone(),
+        config.hostname.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(monitor(
+        mirrors,
+        config
+            .mirror
+            .iter()
+            .map(config::Mirror::as_backend)
+            .collect(),
+        config.health.clone(),
+        config.hostname.clone(),
+        shutdown,
+    ));
+}
+
 /// Probes every backend until `shutdown`: one task per backend. A reload
 /// cancels this monitor (a child token of the relay's) and starts another
 /// with the new list.

@@ -125,24 +125,7 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
         recovered,
     )?;
     let monitor = stop.token.child_token();
-    tokio::spawn(health::monitor(
-        health.clone(),
-        config.backend.clone(),
-        config.health.clone(),
-        config.hostname.clone(),
-        monitor.clone(),
-    ));
-    tokio::spawn(health::monitor(
-        mirror_health,
-        config
-            .mirror
-            .iter()
-            .map(config::Mirror::as_backend)
-            .collect(),
-        config.health.clone(),
-        config.hostname.clone(),
-        monitor.clone(),
-    ));
+    health::spawn_monitors(health.clone(), mirror_health, &config, monitor.clone());
     let grace = config.delivery.shutdown_grace.0;
     let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
     let recipients = smtp::recipients::Recipients::new(&config, queue.gate().clone())

@@ -40,24 +40,8 @@ impl Reloader {
             token.clone(),
         );
         old.cancel();
-        tokio::spawn(health::monitor(
-            self.health.clone(),
-            config.backend.clone(),
-            config.health.clone(),
-            config.hostname.clone(),
-            token.clone(),
-        ));
-        tokio::spawn(health::monitor(
-            self.ctx.queue.gate().mirrors().clone(),
-            config
-                .mirror
-                .iter()
-                .map(config::Mirror::as_backend)
-                .collect(),
-            config.health.clone(),
-            config.hostname.clone(),
-            token,
-        ));
+        let mirrors = self.ctx.queue.gate().mirrors().clone();
+        health::spawn_monitors(self.health.clone(), mirrors, config, token);
     }
 
     /// Reloads; a summary of what changed, or why nothing did.

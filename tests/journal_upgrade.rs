@@ -111,7 +111,9 @@ async fn previous_release_journal_migrates_and_delivers() {
     // Opened again (nothing left to migrate): still empty, nothing sent twice.
     let mut relay = Relay::start_in(&dir, &[backend.addr()], &extra).await;
     assert_eq!(relay.metric("breakwater_queue_depth").await, 0.0);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, body) = relay.http("GET", "/api/messages").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["messages"].as_array().map(Vec::len), Some(0), "{v}");
     assert_eq!(backend.count(), 3);
     assert_eq!(dsn_server.count(), 1);
     relay.stop().await;

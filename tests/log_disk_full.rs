@@ -57,16 +57,16 @@ async fn a_full_log_disk_loses_log_lines_not_mail() {
     send_each(smtp, &refs).await;
     let got = backend.wait_for(N, Duration::from_secs(30)).await;
     assert_eq!(got.len(), N, "every message delivered");
-    let mut depth = None;
-    for _ in 0..500 {
-        let (_, m) = http(admin, "GET", "/metrics").await;
-        depth = metric_value(&m, "breakwater_queue_depth");
-        if depth == Some(0.0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(depth, Some(0.0), "nothing stuck in flight");
+    assert!(
+        wait_metric_at(
+            admin,
+            "breakwater_queue_depth",
+            0.0,
+            Duration::from_secs(10)
+        )
+        .await,
+        "nothing stuck in flight"
+    );
     assert!(
         matches!(relay.0.try_wait(), Ok(None)),
         "the relay is still running"

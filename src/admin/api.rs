@@ -88,7 +88,7 @@ fn bad(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, message)
 }
 
-fn parse_id(id: &str) -> Result<QueueId, ApiError> {
+pub(super) fn parse_id(id: &str) -> Result<QueueId, ApiError> {
     let refuse = || {
         ApiError(
             StatusCode::BAD_REQUEST,
@@ -104,7 +104,7 @@ fn parse_id(id: &str) -> Result<QueueId, ApiError> {
     id.parse().map_err(|_| refuse())
 }
 
-fn rfc3339(ms: u64) -> Option<String> {
+pub(super) fn rfc3339(ms: u64) -> Option<String> {
     DateTime::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339())
 }
 

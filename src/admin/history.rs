@@ -10,7 +10,7 @@
 //! mistake sends nothing new.
 
 use super::State;
-use super::api::{ApiError, error};
+use super::api::{ApiError, error, parse_id, rfc3339};
 use crate::config::address_matches;
 use crate::journal::{
     self, Added, Entry, Journal, Look, Purpose, QueueId, RcptState, Recipient, Record,
@@ -125,10 +125,6 @@ fn parse_time(key: &str, s: &str) -> Result<u64, ApiError> {
     Ok(t.timestamp_millis().max(0) as u64)
 }
 
-fn rfc3339(ms: u64) -> Option<String> {
-    DateTime::from_timestamp_millis(ms as i64).map(|t| t.to_rfc3339())
-}
-
 /// FNV-1a: the replay id of a selection (stable across releases and hosts).
 fn replay_id(since: u64, until: Option<u64>, recipient: Option<&str>, to: Option<&str>) -> String {
     let key = format!(
@@ -189,6 +185,13 @@ fn matching(
     })
 }
 
+/// Where a walk for messages that arrived at or after `since_ms` may start:
+/// ids are arrival microseconds (raised by at most one per message in a
+/// burst), so a minute before is safe.
+fn start_near(since_ms: u64) -> Option<QueueId> {
+    (since_ms > 60_000).then(|| QueueId((since_ms - 60_000) * 1000))
+}
+
 /// Every message of the journal `keep` takes, oldest first, read page by page.
 fn select<T: Send>(
     journal: &Journal,
@@ -197,11 +200,7 @@ fn select<T: Send>(
     max: usize,
 ) -> Result<Vec<T>, ApiError> {
     let mut out = Vec::new();
-    let mut after = None;
-    // Ids are arrival microseconds: start close to `since`.
-    if since > 60_000 {
-        after = Some(QueueId((since - 60_000) * 1000));
-    }
+    let mut after = start_near(since);
     for _ in 0..100_000 {
         let mut found = Vec::new();
         let (_, next) = journal
@@ -496,15 +495,10 @@ pub(super) async fn messages(
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
     let after = match q.cursor.as_deref() {
-        None | Some("") => (since > 60_000).then(|| QueueId((since - 60_000) * 1000)),
-        Some(c) => match c.parse::<QueueId>() {
+        None | Some("") => start_near(since),
+        Some(c) => match parse_id(c) {
             Ok(id) => Some(id),
-            Err(_) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    format!("cursor {c:?} is not a queue id"),
-                );
-            }
+            Err(e) => return e.into_response(),
         },
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
@@ -561,8 +555,9 @@ pub(super) async fn messages(
 const RAW_PARTS: u32 = 16;
 
 pub(super) async fn raw(AxState(state): S, Path(id): Path<String>) -> Response {
-    let Ok(id) = id.parse::<QueueId>() else {
-        return error(StatusCode::BAD_REQUEST, format!("{id:?} is not a queue id"));
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
     };
     let journal = state.journal.clone();
     let entry = {

@@ -357,41 +357,19 @@ fn apply(
                         let field = if *delivered { "delivered" } else { "failed" };
                         count_replay(&mut documents, replay, field)?;
                     }
-                    let stored = messages
-                        .get(message)?
-                        .and_then(|v| StoredMessage::decode(v.value()).ok());
                     let last = jobs
                         .range((*message, 0)..=(*message, u64::MAX))?
                         .next()
                         .is_none();
-                    let mut stored = stored;
-                    if let (Some(m), Some(f)) = (stored.as_mut(), finished) {
-                        m.finished = Some(f.clone());
-                    }
-                    if last {
-                        let keep = *retain_until_ms > 0
-                            && stored
-                                .as_ref()
-                                .and_then(|m| m.finished.as_ref())
-                                .is_some_and(Finished::any_delivered);
-                        match stored.as_mut() {
-                            Some(m) if keep => {
-                                m.retain_until_ms = *retain_until_ms;
-                                messages.insert(message, m.encode().as_slice())?;
-                            }
-                            _ => {
-                                messages.remove(message)?;
-                                for part in 0..*parts {
-                                    bodies.remove((*message, part))?;
-                                }
-                            }
-                        }
-                        result = Applied::Retired { retained: keep };
-                    } else if finished.is_some()
-                        && let Some(m) = &stored
-                    {
-                        messages.insert(message, m.encode().as_slice())?;
-                    }
+                    result = retire_or_update(
+                        &mut messages,
+                        &mut bodies,
+                        *message,
+                        *parts,
+                        last,
+                        *retain_until_ms,
+                        finished.as_ref(),
+                    )?;
                 }
                 OpKind::AddJob {
                     message,
@@ -461,6 +439,60 @@ fn apply(
     }
     txn.commit()?;
     Ok(())
+}
+
+/// After a job of `message` was removed: saves the primary delivery's
+/// `finished` outcome with the message, and if that was its `last` job keeps
+/// it until `retain_until_ms` (when set and a recipient got it) or removes it
+/// with its `parts`. Without retention the last job's removal never reads or
+/// decodes the message: the common case on the delivery path.
+fn retire_or_update(
+    messages: &mut redb::Table<u64, &[u8]>,
+    bodies: &mut redb::Table<(u64, u32), &[u8]>,
+    message: u64,
+    parts: u32,
+    last: bool,
+    retain_until_ms: u64,
+    finished: Option<&Finished>,
+) -> Result<Applied, redb::Error> {
+    let remove = |messages: &mut redb::Table<u64, &[u8]>,
+                  bodies: &mut redb::Table<(u64, u32), &[u8]>|
+     -> Result<Applied, redb::Error> {
+        messages.remove(message)?;
+        for part in 0..parts {
+            bodies.remove((message, part))?;
+        }
+        Ok(Applied::Retired { retained: false })
+    };
+    if last && retain_until_ms == 0 {
+        return remove(messages, bodies);
+    }
+    if !last && finished.is_none() {
+        return Ok(Applied::Done);
+    }
+    let Some(mut m) = messages
+        .get(message)?
+        .and_then(|v| StoredMessage::decode(v.value()).ok())
+    else {
+        return if last {
+            remove(messages, bodies)
+        } else {
+            Ok(Applied::Done)
+        };
+    };
+    if let Some(f) = finished {
+        m.finished = Some(f.clone());
+    }
+    if !last {
+        messages.insert(message, m.encode().as_slice())?;
+        return Ok(Applied::Done);
+    }
+    if m.finished.as_ref().is_some_and(Finished::any_delivered) {
+        m.retain_until_ms = retain_until_ms;
+        messages.insert(message, m.encode().as_slice())?;
+        return Ok(Applied::Retired { retained: true });
+    }
+    remove(messages, bodies)
 }
 
 /// Counts a replay's job in the replay's document (`replay/ID`, JSON with

@@ -610,17 +610,10 @@ impl Journal {
                 return Ok((out, last));
             }
             last = Some(id);
+            let job_bytes = stored_jobs(&jobs, id.0)?;
             raw.clear();
             raw.extend_from_slice(v.value());
-            let mut job_bytes = Vec::new();
-            for j in jobs
-                .range((id.0, 0)..=(id.0, u64::MAX))
-                .map_err(read_error)?
-            {
-                let (_, jv) = j.map_err(read_error)?;
-                raw.extend_from_slice(jv.value());
-                job_bytes.push(jv.value().to_vec());
-            }
+            job_bytes.iter().for_each(|b| raw.extend_from_slice(b));
             match look(id, &raw) {
                 Look::Skip => continue,
                 Look::Stop => return Ok((out, None)),
@@ -661,14 +654,7 @@ impl Journal {
             let (k, v) = entry.map_err(read_error)?;
             let id = QueueId(k.value());
             last = Some(id);
-            let mut job_bytes = Vec::new();
-            for j in jobs
-                .range((id.0, 0)..=(id.0, u64::MAX))
-                .map_err(read_error)?
-            {
-                job_bytes.push(j.map_err(read_error)?.1.value().to_vec());
-            }
-            if let Ok(e) = Entry::decode(id, v.value(), &job_bytes) {
+            if let Ok(e) = Entry::decode(id, v.value(), &stored_jobs(&jobs, id.0)?) {
                 out.push(e);
             }
         }
@@ -742,22 +728,7 @@ impl Journal {
         let Some(v) = messages.get(id.0).map_err(read_error)? else {
             return Ok(None);
         };
-        let mut job_bytes = Vec::new();
-        for j in jobs
-            .range((id.0, 0)..=(id.0, u64::MAX))
-            .map_err(read_error)?
-        {
-            job_bytes.push(j.map_err(read_error)?.1.value().to_vec());
-        }
-        Entry::decode(id, v.value(), &job_bytes).map(Some)
-    }
-
-    /// The stored job `id` joined with its message (a primary job has its
-    /// message's id), `None` if there is no such job.
-    pub fn record(&self, id: QueueId) -> Result<Option<Record>, Error> {
-        Ok(self
-            .entry(id)?
-            .and_then(|e| e.jobs.into_iter().find(|j| j.id == id)))
+        Entry::decode(id, v.value(), &stored_jobs(&jobs, id.0)?).map(Some)
     }
 
     /// Message bytes currently held (what `journal.max_bytes` limits).
@@ -1135,6 +1106,17 @@ fn migrate(db: &Database) -> Result<usize, Error> {
     }
     txn.commit().map_err(read_error)?;
     Ok(moved)
+}
+
+/// The stored jobs of message `id`, as stored.
+fn stored_jobs(
+    jobs: &redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+    id: u64,
+) -> Result<Vec<Vec<u8>>, Error> {
+    jobs.range((id, 0)..=(id, u64::MAX))
+        .map_err(read_error)?
+        .map(|j| j.map(|(_, v)| v.value().to_vec()).map_err(read_error))
+        .collect()
 }
 
 /// What [`load`] found.

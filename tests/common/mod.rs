@@ -19,7 +19,7 @@ pub mod tls;
 pub use backend::{Backend, BackendOptions, Received, count_by_header};
 pub use cli::{Run, cli, raw_http};
 pub use client::{Client, Reply, dot_stuff, send_each};
-pub use relay::{Relay, config_text, http, metric_value, wait_metric};
+pub use relay::{Relay, config_text, http, metric_value, wait_metric, wait_metric_at};
 pub use tls::TestCert;
 
 use std::net::{Ipv4Addr, SocketAddr};

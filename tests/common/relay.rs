@@ -142,9 +142,15 @@ impl Drop for Relay {
 /// Polls the metric `name` (exact series text, labels included) until it equals
 /// `want` or `timeout` passes; true if it did.
 pub async fn wait_metric(relay: &Relay, name: &str, want: f64, timeout: Duration) -> bool {
+    wait_metric_at(relay.admin, name, want, timeout).await
+}
+
+/// [`wait_metric`] on any admin listener (a relay run as a child process).
+pub async fn wait_metric_at(admin: SocketAddr, name: &str, want: f64, timeout: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + timeout;
     for _ in 0..10_000 {
-        if relay.metric(name).await == want {
+        let (_, body) = http(admin, "GET", "/metrics").await;
+        if metric_value(&body, name) == Some(want) {
             return true;
         }
         if tokio::time::Instant::now() >= deadline {
