@@ -131,6 +131,12 @@ pub struct Config {
     /// Who may read held mail on `/mail`, and whose mail.
     #[serde(default)]
     pub mailbox_access: Vec<MailboxAccess>,
+    /// Mail that must keep arriving (silence alerts).
+    #[serde(default)]
+    pub flow: Vec<Flow>,
+    /// Where alerts go (flows, backend outages, queue age).
+    #[serde(default)]
+    pub alert: Alert,
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -602,6 +608,125 @@ pub struct QuietTime {
     pub backends: Vec<String>,
 }
 
+/// `[[flow]]`: mail that must keep arriving. A message is part of the flow
+/// when every given matcher matches (`from`, any of `to`, `header`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flow {
+    /// Label in metrics (`breakwater_flow_silent{flow}`) and alerts.
+    pub name: String,
+    /// Envelope sender patterns (`user@example.com`, `*@example.com`); any matches.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub from: Vec<String>,
+    /// Recipient patterns; a message matches when any recipient matches any.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub to: Vec<String>,
+    /// A header whose (unfolded) value must match a regular expression.
+    #[serde(default)]
+    pub header: Option<FlowHeader>,
+    /// Longest allowed gap between two messages (counted only while active).
+    pub max_silence: Dur,
+    /// "Fewer than expected": at least this many messages per `period`.
+    #[serde(default)]
+    pub min_count: Option<u32>,
+    /// The period `min_count` counts over (default: `max_silence`).
+    #[serde(default)]
+    pub period: Option<Dur>,
+    /// When the flow is expected (default: always). Same fields as
+    /// `[[quiet_time]]`: `days`, `start`, `end`, `timezone`, or `from`/`until`.
+    #[serde(default)]
+    pub active: Vec<FlowWindow>,
+}
+
+/// `flow.header`: `{ name = "Subject", regex = "..." }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowHeader {
+    /// Header field name (case-insensitive).
+    pub name: String,
+    /// Regular expression (Rust `regex` syntax) searched in the value.
+    pub regex: String,
+}
+
+/// `flow.active`: a window in which the flow is expected.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowWindow {
+    /// IANA time zone (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Days (`mon` .. `sun`, empty: every day).
+    #[serde(default)]
+    pub days: Vec<String>,
+    /// Local start `HH:MM`.
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Local end `HH:MM`.
+    #[serde(default)]
+    pub end: Option<String>,
+    /// RFC 3339 start of a one-off window.
+    #[serde(default)]
+    pub from: Option<String>,
+    /// RFC 3339 end of a one-off window.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+impl FlowWindow {
+    /// The window as a `[[quiet_time]]` (same parser, same DST rules).
+    pub fn as_quiet_time(&self, name: &str) -> QuietTime {
+        QuietTime {
+            name: name.to_owned(),
+            timezone: self.timezone.clone(),
+            days: self.days.clone(),
+            start: self.start.clone(),
+            end: self.end.clone(),
+            from: self.from.clone(),
+            until: self.until.clone(),
+            backends: Vec::new(),
+        }
+    }
+}
+
+/// `[alert]`: alert mail and webhook, on a route independent of the backends.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// Who gets alert mail (none: no alert mail).
+    #[serde(default)]
+    pub to: Vec<String>,
+    /// Envelope and `From:` address of alert mail (default `breakwater@HOSTNAME`).
+    #[serde(default)]
+    pub from: Option<String>,
+    /// Smart host for alert mail (`host:port`); unset: the recipients' MX.
+    /// Never the backends: alerts must not depend on what failed.
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// `http://host:port/path`: each alert is also POSTed as JSON (retried).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Alert when a backend has been down this long (unset: never).
+    #[serde(default)]
+    pub backend_down: Option<Dur>,
+    /// Alert when the oldest queued message is this old (unset: never).
+    #[serde(default)]
+    pub queue_age: Option<Dur>,
+}
+
+/// A string or a list of strings.
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 /// `[bounce]`: how DSNs leave.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -805,6 +930,9 @@ impl Config {
             p.add("admin.token_file", e);
         }
         self.validate_mailbox_access(&mut p);
+        for (key, message) in crate::flows::validate(self) {
+            p.add(key, message);
+        }
         p.0
     }
 

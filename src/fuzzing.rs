@@ -60,5 +60,5 @@ timeout = "1s"
 /// outlives the context), loads the TLS certificate.
 pub fn context(config: config::Config) -> Result<Arc<smtp::Context>, Error> {
     // Nothing ever cancels the shutdown token: the context serves until exit.
-    Ok(crate::wire(config)?.ctx)
+    Ok(crate::wire(config, crate::delivery::Clock::new())?.ctx)
 }

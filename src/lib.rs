@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod config;
 pub mod delivery;
+pub mod flows;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -87,11 +88,13 @@ pub(crate) struct Wired {
     pub health: Arc<health::Health>,
     /// Stops the running health monitor (a reload starts another).
     pub monitor: tokio_util::sync::CancellationToken,
+    /// The alert monitor (flows, backend outages, queue age).
+    pub alerts: tokio::task::JoinHandle<()>,
 }
 
 /// Loads the TLS certificate, opens the journal, starts the health monitor and
 /// the dispatcher on the current runtime, and builds the sessions' context.
-pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
+pub(crate) fn wire(config: config::Config, clock: delivery::Clock) -> Result<Wired, Error> {
     let config = Arc::new(config);
     let tls = match &config.smtp.tls {
         Some(t) => Some(Arc::new(smtp::tls::Tls::load(t)?)),
@@ -123,6 +126,7 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
         mirror_health.clone(),
         metrics.clone(),
         recovered,
+        clock,
     )?;
     let monitor = stop.token.child_token();
     health::spawn_monitors(health.clone(), mirror_health, &config, monitor.clone());
@@ -130,6 +134,12 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
     let dispatch = tokio::spawn(dispatcher.run(stop.token.clone(), grace));
     let recipients = smtp::recipients::Recipients::new(&config, queue.gate().clone())
         .map_err(Error::Recipients)?;
+    let flows = Arc::new(flows::Flows::new(
+        &config,
+        &flows::monitor::load_states(&journal),
+        metrics.registry(),
+        clock,
+    ));
     let ctx = Arc::new(smtp::Context {
         config: std::sync::RwLock::new(config),
         journal,
@@ -138,13 +148,16 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
         shutdown: stop.token.clone(),
         tls,
         recipients: std::sync::RwLock::new(Arc::new(recipients)),
+        flows: flows.clone(),
     });
+    let alerts = flows::monitor::spawn(ctx.clone(), flows, clock, stop.token.clone());
     Ok(Wired {
         ctx,
         stop,
         dispatch,
         health,
         monitor,
+        alerts,
     })
 }
 
@@ -157,6 +170,17 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), Error> {
+    run_with_clock(config, listeners, shutdown, delivery::Clock::new()).await
+}
+
+/// [`run`] on `clock` (a [`delivery::Clock::controlled`] one in tests that
+/// move time forward by hours).
+pub async fn run_with_clock(
+    config: config::Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()>,
+    clock: delivery::Clock,
+) -> Result<(), Error> {
     // Installed before anything listens: a SIGHUP that arrives early must not
     // take the default action (ending the process).
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
@@ -166,7 +190,8 @@ pub async fn run(
         dispatch,
         health,
         monitor,
-    } = wire(config)?;
+        alerts,
+    } = wire(config, clock)?;
     let config = ctx.config();
     let grace = config.delivery.shutdown_grace.0;
     let reloader = Arc::new(reload::Reloader {
@@ -237,6 +262,7 @@ pub async fn run(
         tracing::warn!("sessions still open after {grace:?}; closing them");
     }
     let _ = tokio::time::timeout(grace + Duration::from_secs(1), dispatch).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), alerts).await;
     ctx.journal.close().await;
     tracing::info!("journal closed; bye");
     Ok(())

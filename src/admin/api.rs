@@ -211,7 +211,12 @@ impl MessageView {
             arrived: rfc3339(r.envelope.arrived_ms),
             size: r.size,
             held: r.held,
-            kind: if r.purpose.is_notice() { "dsn" } else { "mail" }.into(),
+            kind: match r.purpose {
+                crate::journal::Purpose::Notice => "dsn",
+                crate::journal::Purpose::Alert => "alert",
+                _ => "mail",
+            }
+            .into(),
             client_ip: r.envelope.client_ip.to_string(),
             helo: r.envelope.helo.clone(),
             tls: r.envelope.tls.as_ref().map(|t| t.version.clone()),

@@ -131,6 +131,11 @@ fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGau
 }
 
 impl Metrics {
+    /// The registry, for parts that register metrics of their own (flows).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates and registers every metric.
     pub fn new() -> Metrics {
         let registry = Registry::new();

@@ -64,6 +64,8 @@ pub enum Route<'a> {
     Mirror(&'a str),
     /// The sender's mail server (MX) or `bounce.relay`.
     NextHop,
+    /// `alert.relay`, or the recipients' MX.
+    Alert,
 }
 
 /// The route of a job.
@@ -75,6 +77,7 @@ pub fn route(purpose: &Purpose) -> Route<'_> {
         },
         Purpose::Mirror { mirror } => Route::Mirror(mirror),
         Purpose::Notice => Route::NextHop,
+        Purpose::Alert => Route::Alert,
     }
 }
 
@@ -89,6 +92,8 @@ pub struct Backends {
     rotation: AtomicUsize,
     gate: Arc<Gate>,
     bounces: Router,
+    /// `alert.relay` (or MX): independent of the backends.
+    alerts: Router,
     bounce_timeouts: config::Backend,
     tls: TlsConnector,
     /// `delivery.line_length_limit`: longer lines are folded on the way out.
@@ -108,6 +113,7 @@ impl Backends {
         gate: Arc<Gate>,
         line_limit: usize,
         mirrors: &[config::Mirror],
+        alert_relay: Option<String>,
     ) -> Backends {
         let mirror_health = gate.mirrors().clone();
         let pool = |cfg: config::Backend| Backend {
@@ -126,6 +132,7 @@ impl Backends {
             rotation: AtomicUsize::new(0),
             gate,
             bounces: Router::new(bounce_relay),
+            alerts: Router::new(alert_relay),
             // DSNs to the Internet: STARTTLS when offered, as Postfix's `may`.
             bounce_timeouts: config::Backend {
                 tls: TlsPolicy::Opportunistic,
@@ -168,7 +175,8 @@ impl Backends {
             prefix,
         };
         let only = match route(&record.purpose) {
-            Route::NextHop => return self.deliver_bounce(record, body).await,
+            Route::NextHop => return self.deliver_next_hop(&self.bounces, record, body).await,
+            Route::Alert => return self.deliver_next_hop(&self.alerts, record, body).await,
             Route::Mirror(name) => return self.deliver_mirror(name, record, body).await,
             Route::Backends { only } => only,
         };
@@ -238,13 +246,14 @@ impl Backends {
         }
     }
 
-    /// Delivers a DSN to its recipient's mail server (or `bounce.relay`): a fresh
-    /// connection per hop, no pooling, no backend gate.
-    async fn deliver_bounce(&self, record: &Record, body: Body<'_>) -> Attempt {
+    /// Delivers a DSN or an alert to its recipient's mail server (or the
+    /// `router`'s relay): a fresh connection per hop, no pooling, no backend
+    /// gate. An alert's recipients share the first one's route.
+    async fn deliver_next_hop(&self, router: &Router, record: &Record, body: Body<'_>) -> Attempt {
         let Some(rcpt) = record.rcpts.first() else {
             return unreachable(record, "DSN without recipient");
         };
-        let hops = match self.bounces.hops(&rcpt.address).await {
+        let hops = match router.hops(&rcpt.address).await {
             Hops::Try(hops) => hops,
             Hops::NullMx => {
                 let failed = Outcome::Failed(

@@ -18,17 +18,31 @@ use crate::journal::Purpose;
 use crate::journal::{Journal, QueueId, Record};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Wall-clock milliseconds that follow tokio's clock, so tests that pause and
-/// advance tokio time move the schedule too.
+/// advance tokio time move the schedule too. A [`Clock::controlled`] clock can
+/// also be moved forward by hand (tests of hours-long silences on a live relay).
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     base_ms: u64,
     base: Instant,
+    skew: Option<&'static AtomicU64>,
+}
+
+/// Moves a [`Clock::controlled`] clock forward.
+#[derive(Debug, Clone, Copy)]
+pub struct ClockHandle(&'static AtomicU64);
+
+impl ClockHandle {
+    /// Moves the clock (and every copy of it) forward by `by`.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
 }
 
 impl Clock {
@@ -37,17 +51,35 @@ impl Clock {
         Clock {
             base_ms: crate::journal::now_ms(),
             base: Instant::now(),
+            skew: None,
         }
+    }
+
+    /// A clock reading the system time, plus whatever its handle added. Each
+    /// call leaks eight bytes (the shared offset); meant for tests.
+    pub fn controlled() -> (Clock, ClockHandle) {
+        let skew: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
+        (
+            Clock {
+                skew: Some(skew),
+                ..Clock::new()
+            },
+            ClockHandle(skew),
+        )
+    }
+
+    fn skew_ms(&self) -> u64 {
+        self.skew.map_or(0, |s| s.load(Ordering::SeqCst))
     }
 
     /// Milliseconds since the Unix epoch.
     pub fn now_ms(&self) -> u64 {
-        self.base_ms + self.base.elapsed().as_millis() as u64
+        self.base_ms + self.base.elapsed().as_millis() as u64 + self.skew_ms()
     }
 
     /// The tokio instant at which `ms` (epoch milliseconds) is reached.
     pub fn instant_at(&self, ms: u64) -> Instant {
-        self.base + Duration::from_millis(ms.saturating_sub(self.base_ms))
+        self.base + Duration::from_millis(ms.saturating_sub(self.base_ms + self.skew_ms()))
     }
 }
 
@@ -281,7 +313,7 @@ impl Dispatcher {
     /// The lane of a job's purpose.
     fn lane(&mut self, purpose: &Purpose) -> &mut Lane {
         match purpose {
-            Purpose::Notice => &mut self.bounces,
+            Purpose::Notice | Purpose::Alert => &mut self.bounces,
             Purpose::Mirror { mirror } => self.mirrors.entry(mirror.clone()).or_default(),
             Purpose::Primary | Purpose::Replay { .. } => &mut self.mail,
         }

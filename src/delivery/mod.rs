@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::health::Health;
 use crate::journal::{self, Journal, QueueId, Record};
 use crate::schedule::QuietTime;
-use dispatcher::{Clock, Dispatcher, Live, Shared};
+pub use dispatcher::{Clock, ClockHandle};
+use dispatcher::{Dispatcher, Live, Shared};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -327,6 +328,7 @@ fn live(config: &Config, gate: &Arc<gate::Gate>) -> Live {
             gate.clone(),
             config.delivery.line_length_limit,
             &config.mirror,
+            config.alert.relay.clone(),
         ),
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
         retain_ms: config.journal.retain_delivered.0.as_millis() as u64,
@@ -362,9 +364,9 @@ pub fn dispatcher(
     mirror_health: Arc<Health>,
     metrics: Arc<Metrics>,
     recovered: Vec<Record>,
+    clock: Clock,
 ) -> Result<(Queue, Dispatcher), journal::Error> {
     let (tx, rx) = mpsc::unbounded_channel();
-    let clock = Clock::new();
     let quiet = QuietTime::from_config(&config.quiet_time).unwrap_or_default();
     let held = journal.setting(QUEUE_HELD)?.unwrap_or(0) == 1;
     let names = config.backend.iter().map(|b| b.name.clone()).collect();

@@ -328,6 +328,10 @@ pub enum Purpose {
     /// A notice we generated (a DSN): to the sender's mail server or
     /// `bounce.relay`, never held by the backends' gate, never bounced itself.
     Notice,
+    /// An alert we generated (`[alert]`: a silent flow, a backend down too
+    /// long): to `alert.relay` or the recipients' MX, never through the
+    /// backends, never held by their gate, never bounced.
+    Alert,
     /// Re-delivery of a retained message to the backends (`breakwater replay`),
     /// to backend `to` only if set.
     Replay {
@@ -343,9 +347,9 @@ impl Purpose {
         matches!(self, Purpose::Primary)
     }
 
-    /// True for a notice (DSN).
+    /// True for a message we generated: a notice (DSN) or an alert.
     pub fn is_notice(&self) -> bool {
-        matches!(self, Purpose::Notice)
+        matches!(self, Purpose::Notice | Purpose::Alert)
     }
 
     /// The mirror this job copies to, if it is a mirror copy.
@@ -369,6 +373,7 @@ impl Purpose {
             Purpose::Primary => "primary".into(),
             Purpose::Mirror { mirror } => format!("mirror:{mirror}"),
             Purpose::Notice => "notice".into(),
+            Purpose::Alert => "alert".into(),
             Purpose::Replay { replay, .. } => format!("replay:{replay}"),
         }
     }

@@ -621,6 +621,11 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
         Ok(()) => {
             log_received(&jobs[0]);
             ctx.metrics.messages_received.inc();
+            if !ctx.flows.is_empty() {
+                let rcpts: Vec<&str> = jobs[0].rcpts.iter().map(|r| r.address.as_str()).collect();
+                ctx.flows
+                    .observe(&jobs[0].envelope.mail_from, &rcpts, check.header_section());
+            }
             for job in jobs {
                 ctx.queue.enqueued(job);
             }

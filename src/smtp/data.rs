@@ -212,9 +212,15 @@ pub struct BodyCheck {
     /// The current line so far matches `received:` (case-insensitively).
     line_matches: bool,
     received: usize,
+    /// The header section as received, up to [`HEADER_CAPTURE`] bytes (for
+    /// `[[flow]]` header matches).
+    header: Vec<u8>,
 }
 
 const RECEIVED: &[u8] = b"received:";
+
+/// Most bytes of the header section kept by [`BodyCheck`].
+pub const HEADER_CAPTURE: usize = 64 * 1024;
 
 impl BodyCheck {
     /// A check at the start of a message.
@@ -234,6 +240,9 @@ impl BodyCheck {
                 _ => {}
             }
             if !self.past_headers {
+                if self.header.len() < HEADER_CAPTURE {
+                    self.header.push(b);
+                }
                 self.header_byte(b);
             }
             self.pending_cr = b == b'\r';
@@ -271,6 +280,11 @@ impl BodyCheck {
     /// `Received:` header lines seen in the header section so far.
     pub fn received_headers(&self) -> usize {
         self.received
+    }
+
+    /// The header section seen so far (at most [`HEADER_CAPTURE`] bytes).
+    pub fn header_section(&self) -> &[u8] {
+        &self.header
     }
 }
 

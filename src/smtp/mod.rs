@@ -38,6 +38,8 @@ pub struct Context {
     pub tls: Option<Arc<tls::Tls>>,
     /// Which recipients exist (static list, backend verification).
     pub recipients: RwLock<Arc<recipients::Recipients>>,
+    /// `[[flow]]`s: told of every accepted message.
+    pub flows: Arc<crate::flows::Flows>,
 }
 
 impl Context {
