@@ -101,20 +101,19 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// Backends from config, sorted by priority; `helo` is our EHLO name. Backends
-    /// the `gate` is shut for (down, in a quiet window) are skipped, and connection
-    /// results are reported to its health view. Lines longer than `line_limit`
-    /// (0: no limit) are folded when sent.
-    pub fn new(
-        cfgs: &[config::Backend],
-        concurrency: usize,
-        helo: &str,
-        bounce_relay: Option<String>,
-        gate: Arc<Gate>,
-        line_limit: usize,
-        mirrors: &[config::Mirror],
-        alert_relay: Option<String>,
-    ) -> Backends {
+    /// The backends of `config`, sorted by priority, its standbys, and the
+    /// routes of DSNs (`bounce.relay`) and alerts (`alert.relay`); the EHLO name
+    /// is `hostname`. Backends the `gate` is shut for (down, in a quiet window)
+    /// are skipped, and connection results are reported to its health view.
+    /// Lines longer than `delivery.line_length_limit` (0: no limit) are folded.
+    pub fn new(config: &config::Config, gate: Arc<Gate>) -> Backends {
+        let (cfgs, concurrency, helo) = (
+            &config.backend,
+            config.delivery.concurrency,
+            &config.hostname,
+        );
+        let (bounce_relay, alert_relay) = (config.bounce.relay.clone(), config.alert.relay.clone());
+        let (line_limit, mirrors) = (config.delivery.line_length_limit, &config.mirror);
         let mirror_health = gate.mirrors().clone();
         let pool = |cfg: config::Backend| Backend {
             slots: Arc::new(Semaphore::new(cfg.max_connections.unwrap_or(concurrency))),

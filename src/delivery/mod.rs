@@ -320,16 +320,7 @@ fn live(config: &Config, gate: &Arc<gate::Gate>) -> Live {
             .delivery
             .delay_warning
             .map(|d| d.0.as_millis() as u64),
-        backends: client::Backends::new(
-            &config.backend,
-            config.delivery.concurrency,
-            &config.hostname,
-            config.bounce.relay.clone(),
-            gate.clone(),
-            config.delivery.line_length_limit,
-            &config.mirror,
-            config.alert.relay.clone(),
-        ),
+        backends: client::Backends::new(config, gate.clone()),
         retry: retry::RetryPolicy::new(config.delivery.retry.iter().map(|d| d.0).collect()),
         retain_ms: config.journal.retain_delivered.0.as_millis() as u64,
         mirrors: config

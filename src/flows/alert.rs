@@ -35,7 +35,10 @@ pub fn validate(a: &config::Alert) -> Vec<(String, String)> {
     let mut p = Vec::new();
     for (i, to) in a.to.iter().enumerate() {
         if !is_address(to) {
-            p.push((format!("alert.to[{i}]"), format!("{to:?} is not an address")));
+            p.push((
+                format!("alert.to[{i}]"),
+                format!("{to:?} is not an address"),
+            ));
         }
     }
     if let Some(from) = &a.from
@@ -44,9 +47,9 @@ pub fn validate(a: &config::Alert) -> Vec<(String, String)> {
         p.push(("alert.from".into(), format!("{from:?} is not an address")));
     }
     if let Some(r) = &a.relay {
-        let ok = r.rsplit_once(':').is_some_and(|(h, port)| {
-            !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0)
-        });
+        let ok = r
+            .rsplit_once(':')
+            .is_some_and(|(h, port)| !h.is_empty() && port.parse::<u16>().is_ok_and(|n| n > 0));
         if !ok {
             p.push(("alert.relay".into(), format!("{r:?} is not host:port")));
         }
@@ -56,7 +59,10 @@ pub fn validate(a: &config::Alert) -> Vec<(String, String)> {
     {
         p.push(("alert.webhook".into(), e));
     }
-    for (key, d) in [("alert.backend_down", a.backend_down), ("alert.queue_age", a.queue_age)] {
+    for (key, d) in [
+        ("alert.backend_down", a.backend_down),
+        ("alert.queue_age", a.queue_age),
+    ] {
         if d.is_some_and(|d| d.0 < Duration::from_secs(1)) {
             p.push((key.into(), "must be at least 1s".into()));
         }
@@ -90,8 +96,7 @@ pub async fn raise(
     if let Some(url) = &config.alert.webhook {
         let post = Post {
             url: url.clone(),
-            body: serde_json::to_vec(&WebhookBody::of(alert, &config.hostname))
-                .unwrap_or_default(),
+            body: serde_json::to_vec(&WebhookBody::of(alert, &config.hostname)).unwrap_or_default(),
             created_ms: now_ms,
             attempts: 0,
             next_ms: now_ms,
@@ -168,7 +173,10 @@ pub fn compose(config: &Config, alert: &Alert, id: journal::QueueId, now_ms: u64
     line(&format!("Date: {date}"));
     line(&format!("From: breakwater on {host} <{from}>"));
     line(&format!("To: {}", config.alert.to.join(",\r\n ")));
-    line(&format!("Subject: [breakwater {host}] {state}: {}", clip(&alert.summary, 180)));
+    line(&format!(
+        "Subject: [breakwater {host}] {state}: {}",
+        clip(&alert.summary, 180)
+    ));
     line(&format!("Message-ID: <{id}.alert@{host}>"));
     line("Auto-Submitted: auto-generated");
     line(&format!(
@@ -280,7 +288,9 @@ impl Webhook {
     /// an HTTPS endpoint).
     pub fn parse(url: &str) -> Result<Webhook, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| {
-            format!("{url:?}: only http:// webhooks are supported (use a local forwarder for https)")
+            format!(
+                "{url:?}: only http:// webhooks are supported (use a local forwarder for https)"
+            )
         })?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -293,9 +303,10 @@ impl Webhook {
             return Err(format!("{url:?} is not an http://host[:port]/path address"));
         }
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => {
-                (h.to_owned(), p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?)
-            }
+            Some((h, p)) if !h.ends_with(']') || authority.starts_with('[') => (
+                h.to_owned(),
+                p.parse::<u16>().map_err(|_| format!("{url:?}: bad port"))?,
+            ),
             _ => (authority.to_owned(), 80),
         };
         if host.is_empty() {
@@ -322,7 +333,9 @@ impl Webhook {
                 env!("CARGO_PKG_VERSION"),
                 body.len()
             );
-            s.write_all(head.as_bytes()).await.map_err(|e| e.to_string())?;
+            s.write_all(head.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
             s.write_all(body).await.map_err(|e| e.to_string())?;
             let mut buf = vec![0u8; 1024];
             let mut n = 0;
@@ -414,10 +427,19 @@ mod tests {
         assert_eq!(w.authority, "127.0.0.1:8080");
         assert_eq!(w.path, "/hook?x=1");
         assert_eq!(
-            Webhook::parse("http://alerts.example.net").unwrap().authority,
+            Webhook::parse("http://alerts.example.net")
+                .unwrap()
+                .authority,
             "alerts.example.net:80"
         );
-        for bad in ["https://x/", "http://", "http://a b/", "http://u@h/", "http://h:99999/", "ftp://h/"] {
+        for bad in [
+            "https://x/",
+            "http://",
+            "http://a b/",
+            "http://u@h/",
+            "http://h:99999/",
+            "ftp://h/",
+        ] {
             assert!(Webhook::parse(bad).is_err(), "{bad}");
         }
     }
@@ -445,11 +467,16 @@ mod tests {
         };
         let m = compose(&config, &a, journal::QueueId(42), 0);
         let text = String::from_utf8(m.clone()).unwrap();
-        assert!(text.contains("Subject: [breakwater relay.test] FIRING: flow audit silent\\r\\nBcc: x@y\r\n"));
+        assert!(text.contains(
+            "Subject: [breakwater relay.test] FIRING: flow audit silent\\r\\nBcc: x@y\r\n"
+        ));
         assert!(!text.contains("\nBcc:"), "no header injection");
         assert!(text.contains("From: breakwater on relay.test <MAILER-DAEMON@relay.test>\r\n"));
         assert!(text.contains("\r\n\r\nline one\r\nline two\r\n"));
-        assert!(m.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r'), "CRLF only");
+        assert!(
+            m.windows(2).all(|w| w[1] != b'\n' || w[0] == b'\r'),
+            "CRLF only"
+        );
     }
 
     #[test]
@@ -462,6 +489,14 @@ mod tests {
             ..Default::default()
         };
         let keys: Vec<String> = validate(&a).into_iter().map(|(k, _)| k).collect();
-        assert_eq!(keys, ["alert.to[0]", "alert.relay", "alert.webhook", "alert.backend_down"]);
+        assert_eq!(
+            keys,
+            [
+                "alert.to[0]",
+                "alert.relay",
+                "alert.webhook",
+                "alert.backend_down"
+            ]
+        );
     }
 }

@@ -63,8 +63,7 @@ impl Rule {
         {
             problems.push((
                 "name".into(),
-                "must be at most 64 letters, digits, '-', '_' or '.' (it is a metric label)"
-                    .into(),
+                "must be at most 64 letters, digits, '-', '_' or '.' (it is a metric label)".into(),
             ));
         }
         if f.from.is_empty() && f.to.is_empty() && f.header.is_none() {
@@ -83,9 +82,7 @@ impl Rule {
         let header = match &f.header {
             None => None,
             Some(h) => {
-                if h.name.is_empty()
-                    || !h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
-                {
+                if h.name.is_empty() || !h.name.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
                     problems.push((
                         "header.name".into(),
                         format!("{:?} is not a header field name", h.name),
@@ -172,9 +169,8 @@ impl Rule {
         }
         match &self.header {
             None => true,
-            Some((name, re)) => header_values(headers, name).any(|v| {
-                re.is_match(&v) || decoded(&v).is_some_and(|d| re.is_match(&d))
-            }),
+            Some((name, re)) => header_values(headers, name)
+                .any(|v| re.is_match(&v) || decoded(&v).is_some_and(|d| re.is_match(&d))),
         }
     }
 
@@ -197,10 +193,9 @@ impl Rule {
             if t >= to {
                 return total;
             }
-            let next = self
-                .active
-                .next_change(instant(t))
-                .map_or(to, |c| (c.timestamp_millis().max(0) as u64).clamp(t + 1, to));
+            let next = self.active.next_change(instant(t)).map_or(to, |c| {
+                (c.timestamp_millis().max(0) as u64).clamp(t + 1, to)
+            });
             if self.is_active(t) {
                 total += next - t;
             }
@@ -369,7 +364,11 @@ pub enum Change {
     /// Newly short of mail: raise an alert.
     WentSilent { rule: String, why: Shortfall },
     /// Mail again after an alert: say so.
-    Resumed { rule: String, since_alert_ms: u64, last_seen_ms: u64 },
+    Resumed {
+        rule: String,
+        since_alert_ms: u64,
+        last_seen_ms: u64,
+    },
 }
 
 /// The `breakwater_flow_*` metrics, labelled by configured flows only.
@@ -447,9 +446,16 @@ impl Flows {
             dirty: AtomicBool::new(false),
             needs_headers: AtomicBool::new(false),
         };
-        flows.install(config, |name| {
-            saved.iter().find(|(n, _)| n == name).map(|(_, s)| s.clone())
-        }, now);
+        flows.install(
+            config,
+            |name| {
+                saved
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| s.clone())
+            },
+            now,
+        );
         flows
     }
 
@@ -591,7 +597,12 @@ impl Flows {
         Some(
             watched
                 .iter()
-                .map(|w| (w.rule.name.clone(), w.state.lock().expect("flow state").clone()))
+                .map(|w| {
+                    (
+                        w.rule.name.clone(),
+                        w.state.lock().expect("flow state").clone(),
+                    )
+                })
                 .collect(),
         )
     }
@@ -614,7 +625,10 @@ pub fn validate(config: &Config) -> Vec<(String, String)> {
         if let Err(ps) = Rule::from_config(f) {
             problems.extend(ps.into_iter().map(|(k, m)| (format!("flow[{i}].{k}"), m)));
         }
-        if config.flow[..i].iter().any(|o| o.name.trim() == f.name.trim()) {
+        if config.flow[..i]
+            .iter()
+            .any(|o| o.name.trim() == f.name.trim())
+        {
             problems.push((
                 format!("flow[{i}].name"),
                 format!("{:?} is used twice", f.name),

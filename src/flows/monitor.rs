@@ -25,7 +25,9 @@ pub fn load_states(journal: &crate::journal::Journal) -> Vec<(String, State)> {
         Ok(Some(doc)) => match serde_json::from_slice::<BTreeMap<String, State>>(&doc) {
             Ok(m) => m.into_iter().collect(),
             Err(e) => {
-                tracing::warn!("journal document {STATES_KEY:?} unreadable ({e}); flows start afresh");
+                tracing::warn!(
+                    "journal document {STATES_KEY:?} unreadable ({e}); flows start afresh"
+                );
                 Vec::new()
             }
         },
@@ -146,8 +148,7 @@ impl Monitor {
         // crash is worse than the same alert twice.
         self.persist().await;
         for a in alerts {
-            let raised =
-                alert::raise(&self.ctx.journal, &self.ctx.queue, &config, &a, now).await;
+            let raised = alert::raise(&self.ctx.journal, &self.ctx.queue, &config, &a, now).await;
             if let Err(e) = raised {
                 tracing::error!("alert not journaled ({e}); trying again: {}", a.summary);
                 self.unsent.push(a);
@@ -187,12 +188,17 @@ impl Monitor {
             Change::WentSilent { rule, why } => {
                 let r = self.flows.rule(rule);
                 let (since, summary, what) = match *why {
-                    Shortfall::Silent { since_ms, ever_seen } => {
+                    Shortfall::Silent {
+                        since_ms,
+                        ever_seen,
+                    } => {
                         let since = rfc3339(since_ms);
                         let what = if ever_seen {
                             format!("No message of flow {rule:?} has arrived since {since}.")
                         } else {
-                            format!("No message of flow {rule:?} has arrived since watching began at {since}.")
+                            format!(
+                                "No message of flow {rule:?} has arrived since watching began at {since}."
+                            )
                         };
                         (
                             since.clone(),
@@ -206,13 +212,20 @@ impl Monitor {
                             .map_or((0, 0), |r| (r.min_count, r.period_ms / 1000));
                         (
                             rfc3339(now),
-                            format!("flow {rule}: {seen} message(s) in the last {period} s, expected at least {n}"),
-                            format!("Flow {rule:?} brought {seen} message(s) in the last {period} seconds; at least {n} are expected."),
+                            format!(
+                                "flow {rule}: {seen} message(s) in the last {period} s, expected at least {n}"
+                            ),
+                            format!(
+                                "Flow {rule:?} brought {seen} message(s) in the last {period} seconds; at least {n} are expected."
+                            ),
                         )
                     }
                 };
                 let allowed = r.map_or(String::new(), |r| {
-                    format!("Allowed silence: {} s (counted only while the flow is active).", r.max_silence_ms / 1000)
+                    format!(
+                        "Allowed silence: {} s (counted only while the flow is active).",
+                        r.max_silence_ms / 1000
+                    )
                 });
                 Alert {
                     kind: "flow_silent".into(),
@@ -347,9 +360,19 @@ mod tests {
         let mut ep = None;
         assert_eq!(step(&mut ep, true, 1000, 5000), Step::Quiet);
         assert_eq!(step(&mut ep, true, 5999, 5000), Step::Quiet);
-        assert_eq!(step(&mut ep, true, 6000, 5000), Step::Fire { since_ms: 1000 });
-        assert_eq!(step(&mut ep, true, 9000, 5000), Step::Quiet, "once per episode");
-        assert_eq!(step(&mut ep, false, 9500, 5000), Step::Resolve { since_ms: 1000 });
+        assert_eq!(
+            step(&mut ep, true, 6000, 5000),
+            Step::Fire { since_ms: 1000 }
+        );
+        assert_eq!(
+            step(&mut ep, true, 9000, 5000),
+            Step::Quiet,
+            "once per episode"
+        );
+        assert_eq!(
+            step(&mut ep, false, 9500, 5000),
+            Step::Resolve { since_ms: 1000 }
+        );
         assert_eq!(step(&mut ep, false, 9600, 5000), Step::Quiet);
     }
 

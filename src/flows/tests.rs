@@ -40,21 +40,42 @@ fn berlin(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> u64 {
 
 #[test]
 fn envelope_matchers_all_must_match() {
-    let r = rule("from = \"*@audit.example.com\"\nto = [\"soc@example.com\", \"*@ops.example.com\"]\nmax_silence = \"2h\"");
+    let r = rule(
+        "from = \"*@audit.example.com\"\nto = [\"soc@example.com\", \"*@ops.example.com\"]\nmax_silence = \"2h\"",
+    );
     assert!(r.matches("siem@audit.example.com", &["soc@example.com"], b""));
-    assert!(r.matches("SIEM@Audit.Example.com", &["x@other.com", "a@ops.example.com"], b""));
-    assert!(!r.matches("siem@audit.example.com", &["x@other.com"], b""), "recipient");
-    assert!(!r.matches("x@example.com", &["soc@example.com"], b""), "sender");
+    assert!(r.matches(
+        "SIEM@Audit.Example.com",
+        &["x@other.com", "a@ops.example.com"],
+        b""
+    ));
+    assert!(
+        !r.matches("siem@audit.example.com", &["x@other.com"], b""),
+        "recipient"
+    );
+    assert!(
+        !r.matches("x@example.com", &["soc@example.com"], b""),
+        "sender"
+    );
     assert!(!r.matches("", &["soc@example.com"], b""), "null sender");
 }
 
 #[test]
 fn header_matches_unfold_decode_and_ignore_the_body() {
-    let r = rule("header = { name = \"Subject\", regex = \"^\\\\[AUDIT\\\\] daily\" }\nmax_silence = \"1d\"");
+    let r = rule(
+        "header = { name = \"Subject\", regex = \"^\\\\[AUDIT\\\\] daily\" }\nmax_silence = \"1d\"",
+    );
     assert!(r.needs_headers());
     let msg = b"From: a@b\r\nsubject: [AUDIT]\r\n daily report\r\n\r\nSubject: [AUDIT] daily\r\n";
     assert!(r.matches("a@b", &[], msg), "folded, case-insensitive name");
-    assert!(!r.matches("a@b", &[], b"Subject: hello\r\n\r\nSubject: [AUDIT] daily\r\n"), "body ignored");
+    assert!(
+        !r.matches(
+            "a@b",
+            &[],
+            b"Subject: hello\r\n\r\nSubject: [AUDIT] daily\r\n"
+        ),
+        "body ignored"
+    );
     let encoded = b"Subject: =?UTF-8?B?W0FVRElUXSBkYWlseSByw6lzdW3DqQ==?=\r\n\r\n";
     assert!(r.matches("a@b", &[], encoded), "RFC 2047 decoded");
     // Odd inputs: no CRLF at all, bare LF, cut short, no colon, binary.
@@ -82,16 +103,26 @@ fn header_values_lists_every_occurrence() {
 fn silence_counts_from_the_last_message_or_from_watching() {
     let r = rule("from = \"*@audit.example.com\"\nmax_silence = \"2h\"");
     let mut s = State::new(0);
-    assert_eq!(verdict(&r, &s, 2 * H), None, "exactly max_silence is allowed");
+    assert_eq!(
+        verdict(&r, &s, 2 * H),
+        None,
+        "exactly max_silence is allowed"
+    );
     assert_eq!(
         verdict(&r, &s, 2 * H + 1),
-        Some(Shortfall::Silent { since_ms: 0, ever_seen: false })
+        Some(Shortfall::Silent {
+            since_ms: 0,
+            ever_seen: false
+        })
     );
     s.saw(&r, 2 * H + 1);
     assert_eq!(verdict(&r, &s, 3 * H), None);
     assert_eq!(
         verdict(&r, &s, 4 * H + 2),
-        Some(Shortfall::Silent { since_ms: 2 * H + 1, ever_seen: true })
+        Some(Shortfall::Silent {
+            since_ms: 2 * H + 1,
+            ever_seen: true
+        })
     );
 }
 
@@ -113,8 +144,14 @@ fn business_hours_flows_stay_quiet_out_of_hours() {
         assert!(t < berlin(2026, 11, 30, 8, 0) || r.is_active(t));
     }
     assert!(!r.is_active(berlin(2026, 11, 28, 12, 0)));
-    assert!(verdict(&r, &s, berlin(2026, 11, 30, 9, 31)).is_some(), "Monday 09:31: 2h01 of business time");
-    assert_eq!(r.active_ms(berlin(2026, 11, 27, 17, 30), berlin(2026, 11, 30, 9, 30)), 2 * H);
+    assert!(
+        verdict(&r, &s, berlin(2026, 11, 30, 9, 31)).is_some(),
+        "Monday 09:31: 2h01 of business time"
+    );
+    assert_eq!(
+        r.active_ms(berlin(2026, 11, 27, 17, 30), berlin(2026, 11, 30, 9, 30)),
+        2 * H
+    );
 }
 
 #[test]
@@ -123,8 +160,14 @@ fn active_time_across_a_dst_change() {
     let r = rule(
         "from = \"*@a.example\"\nmax_silence = \"1d\"\nactive = [{ start = \"00:00\", end = \"06:00\", timezone = \"Europe/Berlin\" }]",
     );
-    assert_eq!(r.active_ms(berlin(2026, 3, 28, 12, 0), berlin(2026, 3, 29, 12, 0)), 5 * H);
-    assert_eq!(r.active_ms(berlin(2026, 3, 29, 12, 0), berlin(2026, 3, 30, 12, 0)), 6 * H);
+    assert_eq!(
+        r.active_ms(berlin(2026, 3, 28, 12, 0), berlin(2026, 3, 29, 12, 0)),
+        5 * H
+    );
+    assert_eq!(
+        r.active_ms(berlin(2026, 3, 29, 12, 0), berlin(2026, 3, 30, 12, 0)),
+        6 * H
+    );
 }
 
 #[test]
@@ -133,12 +176,20 @@ fn fewer_than_min_count_in_the_period() {
     let mut s = State::new(0);
     s.saw(&r, 10 * M);
     s.saw(&r, 20 * M);
-    assert_eq!(verdict(&r, &s, 50 * M), None, "the first period is not over");
+    assert_eq!(
+        verdict(&r, &s, 50 * M),
+        None,
+        "the first period is not over"
+    );
     assert_eq!(verdict(&r, &s, 61 * M), Some(Shortfall::TooFew { seen: 2 }));
     s.saw(&r, 62 * M);
     assert_eq!(verdict(&r, &s, 65 * M), None, "3 within the last hour");
     assert_eq!(s.recent.len(), 3, "only min_count arrivals are kept");
-    assert_eq!(verdict(&r, &s, 81 * M), Some(Shortfall::TooFew { seen: 1 }), "10 and 20 min fell out");
+    assert_eq!(
+        verdict(&r, &s, 81 * M),
+        Some(Shortfall::TooFew { seen: 1 }),
+        "10 and 20 min fell out"
+    );
 }
 
 #[test]
@@ -164,7 +215,10 @@ fn each_episode_is_reported_once_and_resumption_once() {
     let saved = flows.take_dirty().expect("dirty");
     assert!(flows.take_dirty().is_none());
     let again = Flows::new(&config, &saved, &Registry::new(), clock);
-    assert!(again.evaluate(clock.now_ms()).is_empty(), "a restart is not a silence");
+    assert!(
+        again.evaluate(clock.now_ms()).is_empty(),
+        "a restart is not a silence"
+    );
     let later = clock.now_ms() + 2 * H + 1;
     assert_eq!(again.evaluate(later).len(), 1, "nor does it hide one");
 }
@@ -204,15 +258,22 @@ fn flow_config_problems_name_their_keys() {
         ["flow[0].min_count"]
     );
     assert_eq!(
-        problems("from = \"*@a.example\"\nmax_silence = \"1h\"\nactive = [{ start = \"25:00\", end = \"18:00\", timezone = \"Mars/Olympus\" }]"),
+        problems(
+            "from = \"*@a.example\"\nmax_silence = \"1h\"\nactive = [{ start = \"25:00\", end = \"18:00\", timezone = \"Mars/Olympus\" }]"
+        ),
         ["flow[0].active[0].timezone", "flow[0].active[0].start"]
     );
     assert_eq!(
-        problems("from = \"*@a.example\"\nmax_silence = \"1h\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@b.example\"\nmax_silence = \"1h\""),
+        problems(
+            "from = \"*@a.example\"\nmax_silence = \"1h\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@b.example\"\nmax_silence = \"1h\""
+        ),
         ["flow[1].name"]
     );
     let unknown = problems("from = \"*@a.example\"\nmax_silence = \"1h\"\nsilence = \"2h\"");
-    assert!(unknown[0].contains("flow") && unknown[0].contains("silence"), "{unknown:?}");
+    assert!(
+        unknown[0].contains("flow") && unknown[0].contains("silence"),
+        "{unknown:?}"
+    );
 }
 
 #[test]
@@ -222,17 +283,29 @@ fn removed_flows_lose_their_labels() {
             "hostname = \"relay.test\"\n[relay]\ndomains=[\"example.com\"]\n[[backend]]\nname=\"b\"\naddress=\"127.0.0.1:1\"\n",
         );
         for n in names {
-            t.push_str(&format!("[[flow]]\nname = \"{n}\"\nfrom = \"*@a.example\"\nmax_silence = \"1h\"\n"));
+            t.push_str(&format!(
+                "[[flow]]\nname = \"{n}\"\nfrom = \"*@a.example\"\nmax_silence = \"1h\"\n"
+            ));
         }
         Config::parse(&t).unwrap()
     };
     let registry = Registry::new();
-    let flows = Flows::new(&with(&["one", "two"]), &[], &registry, crate::delivery::Clock::new());
+    let flows = Flows::new(
+        &with(&["one", "two"]),
+        &[],
+        &registry,
+        crate::delivery::Clock::new(),
+    );
     let labels = |r: &Registry| {
         let mut v: Vec<String> = r
             .gather()
             .iter()
-            .flat_map(|f| f.get_metric().iter().map(|m| m.get_label()[0].value().to_owned()).collect::<Vec<_>>())
+            .flat_map(|f| {
+                f.get_metric()
+                    .iter()
+                    .map(|m| m.get_label()[0].value().to_owned())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         v.sort();
         v.dedup();

@@ -67,6 +67,16 @@ impl Relay {
     /// A relay on the journal in `dir` with the whole config `text`. With
     /// `BW_TEST_LOG` set (e.g. `BW_TEST_LOG=info`), the relay's log goes to stderr.
     pub async fn start_with_text(dir: &Path, text: &str) -> Relay {
+        Relay::start_on_clock(dir, text, breakwater::delivery::Clock::new()).await
+    }
+
+    /// [`Relay::start_with_text`] on `clock` (a controlled one: the test moves
+    /// the relay's time forward by hours without waiting).
+    pub async fn start_on_clock(
+        dir: &Path,
+        text: &str,
+        clock: breakwater::delivery::Clock,
+    ) -> Relay {
         if let Ok(filter) = std::env::var("BW_TEST_LOG") {
             let _ = tracing_subscriber::fmt()
                 .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
@@ -84,9 +94,14 @@ impl Relay {
             smtp: vec![smtp],
             admin: Some(admin),
         };
-        let task = tokio::spawn(breakwater::run(config, listeners, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(breakwater::run_with_clock(
+            config,
+            listeners,
+            async {
+                let _ = stopped.await;
+            },
+            clock,
+        ));
         Relay {
             smtp: smtp_addr,
             admin: admin_addr,
