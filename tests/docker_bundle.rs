@@ -29,6 +29,7 @@ const CONTRACT_METRICS: &[&str] = &[
     "breakwater_build_info",
     "breakwater_flow_last_seen_timestamp_seconds",
     "breakwater_flow_silent",
+    "breakwater_flow_messages_total",
     "breakwater_mirror_queue_depth",
 ];
 
