@@ -271,3 +271,54 @@ async fn a_removed_backend_s_mail_goes_to_the_others() {
         "b0 still exported:\n{body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_adds_and_removes_flows_and_keeps_what_a_kept_flow_has_seen() {
+    let backend = Backend::start().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let flow = |name: &str| {
+        format!(
+            "[[flow]]\nname = \"{name}\"\nfrom = \"*@audit.example.com\"\nmax_silence = \"2h\"\n"
+        )
+    };
+    let mut d = Daemon::start(tmp.path(), &[backend.addr()], "", &flow("audit")).await;
+    let mut c = Client::connect(d.smtp).await;
+    c.ehlo("siem.test").await;
+    let r = c
+        .send_message(
+            "siem@audit.example.com",
+            &["soc@example.com"],
+            b"Subject: a\r\n\r\nx\r\n",
+        )
+        .await;
+    assert_eq!(r.code, 250);
+    c.quit().await;
+    let audit = "breakwater_flow_messages_total{flow=\"audit\"}";
+    assert!(wait_metric_at(d.admin, audit, 1.0, Duration::from_secs(5)).await);
+
+    edit(tmp.path(), |t| format!("{t}{}", flow("orders")));
+    d.hup();
+    let orders = "breakwater_flow_silent{flow=\"orders\"}";
+    assert!(
+        wait_metric_at(d.admin, orders, 0.0, Duration::from_secs(10)).await,
+        "the new flow is watched"
+    );
+    assert_eq!(
+        metric(&d, audit).await,
+        1.0,
+        "the kept flow keeps its count"
+    );
+
+    edit(tmp.path(), |t| t.replace(&flow("audit"), ""));
+    d.hup();
+    let mut removed = false;
+    for _ in 0..100 {
+        let (_, body) = http(d.admin, "GET", "/metrics").await;
+        if !body.contains("flow=\"audit\"") && body.contains("flow=\"orders\"") {
+            removed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(removed, "a removed flow's labels go");
+}
