@@ -131,6 +131,9 @@ pub struct Config {
     /// Who may read held mail on `/mail`, and whose mail.
     #[serde(default)]
     pub mailbox_access: Vec<MailboxAccess>,
+    /// Synthetic messages through each backend (`[canary]`).
+    #[serde(default)]
+    pub canary: Option<crate::canary::CanaryConfig>,
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -805,6 +808,9 @@ impl Config {
             p.add("admin.token_file", e);
         }
         self.validate_mailbox_access(&mut p);
+        if let Some(c) = &self.canary {
+            c.validate(&mut |k, m| p.add(format!("canary.{k}"), m));
+        }
         p.0
     }
 
