@@ -30,10 +30,17 @@ const CONTRACT_METRICS: &[&str] = &[
     "breakwater_flow_last_seen_timestamp_seconds",
     "breakwater_flow_silent",
     "breakwater_mirror_queue_depth",
+    "breakwater_canary_last_success_timestamp_seconds",
+    "breakwater_canary_duration_seconds",
+    "breakwater_canary_e2e_seconds",
 ];
 
 /// Histograms: their series carry these suffixes.
-const HISTOGRAMS: &[&str] = &["breakwater_delivery_duration_seconds"];
+const HISTOGRAMS: &[&str] = &[
+    "breakwater_delivery_duration_seconds",
+    "breakwater_canary_duration_seconds",
+    "breakwater_canary_e2e_seconds",
+];
 
 /// Alert names that are a contract (routes and silences match them).
 const CONTRACT_ALERTS: &[&str] = &[
@@ -42,6 +49,7 @@ const CONTRACT_ALERTS: &[&str] = &[
     "BreakwaterOldestMessageTooOld",
     "BreakwaterQuietTimeOverrun",
     "BreakwaterJournalNearlyFull",
+    "BreakwaterCanaryFailing",
 ];
 
 fn repo() -> PathBuf {
