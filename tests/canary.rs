@@ -5,9 +5,11 @@
 //! `[canary.imap]` found in a real IMAP mailbox (dovecot) and deleted.
 
 mod common;
+mod process;
 use chrono::{SecondsFormat, TimeDelta, Utc};
 use common::dovecot::Dovecot;
 use common::*;
+use process::Daemon;
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
@@ -347,4 +349,55 @@ async fn imap_end_to_end_found_measured_and_deleted() {
     assert!(dovecot.log().contains("expunged="), "{}", dovecot.log());
     dovecot.stop();
     b0.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_turns_canaries_on_and_off() {
+    let b0 = Backend::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut d = Daemon::start(tmp.path(), &[b0.addr()], "", "").await;
+    let config = tmp.path().join("breakwater.toml");
+    let plain = std::fs::read_to_string(&config).unwrap();
+    let reloads = |d: &Daemon| d.log().matches("config reloaded").count();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        canaries(&b0.messages()).is_empty(),
+        "no [canary], no canaries"
+    );
+
+    std::fs::write(
+        &config,
+        format!("{plain}\n[canary]\ninterval = \"1s\"\nto = \"canary@example.com\"\n"),
+    )
+    .unwrap();
+    d.hup();
+    assert!(
+        wait_until_async(Duration::from_secs(10), || canaries(&b0.messages()).len()
+            >= 2)
+        .await,
+        "{}",
+        d.log()
+    );
+    assert!(d.log().contains("canary every 1s"), "{}", d.log());
+    let (_, body) = http(d.admin, "GET", "/metrics").await;
+    assert!(metric_value(&body, &series(LAST, "b0")).is_some(), "{body}");
+
+    std::fs::write(&config, &plain).unwrap();
+    d.hup();
+    assert!(wait_until_async(Duration::from_secs(5), || reloads(&d) >= 2).await);
+    assert!(d.log().contains("canaries off"), "{}", d.log());
+    tokio::time::sleep(Duration::from_millis(1500)).await; // one in flight may land
+    b0.clear_messages();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        canaries(&b0.messages()).is_empty(),
+        "canaries stop with [canary] removed"
+    );
+    let (_, body) = http(d.admin, "GET", "/metrics").await;
+    assert!(
+        !body.contains(LAST),
+        "no series for canaries no longer configured"
+    );
+    d.term();
+    assert!(d.wait_exit(Duration::from_secs(20)).await.is_some());
 }
