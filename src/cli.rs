@@ -39,6 +39,9 @@ pub enum QueueVerb {
         /// At most this many (default 100; 0 = all).
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Include canaries (`[canary]`), left out by default.
+        #[arg(long)]
+        canaries: bool,
     },
     /// One message: envelope, each recipient's state and last reply, attempts.
     Show { id: String },
@@ -306,7 +309,8 @@ pub fn queue(verb: QueueVerb, d: &Daemon) -> ExitCode {
                 domain,
                 older_than,
                 limit,
-            } => return list(&c, d.json, state, domain, older_than, limit),
+                canaries,
+            } => return list(&c, d.json, state, domain, older_than, limit, canaries),
             QueueVerb::Show { id } => {
                 let v = c.call("GET", &format!("/api/queue/{}", id_path(&id)), None)?;
                 if d.json {
@@ -367,6 +371,7 @@ fn list(
     domain: Option<String>,
     older_than: Option<String>,
     limit: usize,
+    canaries: bool,
 ) -> Outcome<()> {
     let mut messages: Vec<MessageView> = Vec::new();
     let mut cursor: Option<String> = None;
@@ -385,6 +390,9 @@ fn list(
         }
         if let Some(cur) = &cursor {
             q.push(format!("cursor={}", escape(cur)));
+        }
+        if canaries {
+            q.push("canaries=true".into());
         }
         let page: Page = decode(c.call("GET", &format!("/api/queue?{}", q.join("&")), None)?)?;
         messages.extend(page.messages);

@@ -137,6 +137,9 @@ pub struct Config {
     /// Where alerts go (flows, backend outages, queue age).
     #[serde(default)]
     pub alert: Alert,
+    /// Synthetic messages through each backend (`[canary]`).
+    #[serde(default)]
+    pub canary: Option<crate::canary::CanaryConfig>,
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -932,6 +935,9 @@ impl Config {
         self.validate_mailbox_access(&mut p);
         for (key, message) in crate::flows::validate(self) {
             p.add(key, message);
+        }
+        if let Some(c) = &self.canary {
+            c.validate(&mut |k, m| p.add(format!("canary.{k}"), m));
         }
         p.0
     }

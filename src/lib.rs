@@ -14,6 +14,7 @@
 //! shutdown future, so tests run relays on port 0 side by side in one process.
 
 pub mod admin;
+pub mod canary;
 pub mod config;
 pub mod delivery;
 pub mod flows;
@@ -247,6 +248,8 @@ pub async fn run_with_clock(
         });
         tokio::spawn(admin::serve(l, state));
     }
+
+    tokio::spawn(canary::run(ctx.clone()));
 
     shutdown.await;
     tracing::info!("shutting down: no new connections, finishing deliveries (grace {grace:?})");

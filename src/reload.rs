@@ -228,6 +228,12 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             .map(|q| q.name.clone())
             .collect::<Vec<_>>()
     };
+    if old.canary != new.canary {
+        out.push(match &new.canary {
+            Some(c) => format!("canary every {}", c.interval),
+            None => "canaries off".into(),
+        });
+    }
     if names(old) != names(new) {
         out.push(format!(
             "quiet windows: [{}] -> [{}]",

@@ -31,10 +31,17 @@ const CONTRACT_METRICS: &[&str] = &[
     "breakwater_flow_silent",
     "breakwater_flow_messages_total",
     "breakwater_mirror_queue_depth",
+    "breakwater_canary_last_success_timestamp_seconds",
+    "breakwater_canary_duration_seconds",
+    "breakwater_canary_e2e_seconds",
 ];
 
 /// Histograms: their series carry these suffixes.
-const HISTOGRAMS: &[&str] = &["breakwater_delivery_duration_seconds"];
+const HISTOGRAMS: &[&str] = &[
+    "breakwater_delivery_duration_seconds",
+    "breakwater_canary_duration_seconds",
+    "breakwater_canary_e2e_seconds",
+];
 
 /// Alert names that are a contract (routes and silences match them).
 const CONTRACT_ALERTS: &[&str] = &[
@@ -43,6 +50,7 @@ const CONTRACT_ALERTS: &[&str] = &[
     "BreakwaterOldestMessageTooOld",
     "BreakwaterQuietTimeOverrun",
     "BreakwaterJournalNearlyFull",
+    "BreakwaterCanaryFailing",
 ];
 
 fn repo() -> PathBuf {

@@ -211,9 +211,10 @@ impl MessageView {
             arrived: rfc3339(r.envelope.arrived_ms),
             size: r.size,
             held: r.held,
-            kind: match r.purpose {
-                crate::journal::Purpose::Notice => "dsn",
+            kind: match &r.purpose {
                 crate::journal::Purpose::Alert => "alert",
+                p if p.is_notice() => "dsn",
+                p if p.is_canary() => "canary",
                 _ => "mail",
             }
             .into(),
@@ -269,6 +270,9 @@ pub struct ListQuery {
     older_than: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// Include canaries (left out by default).
+    #[serde(default)]
+    canaries: bool,
 }
 
 /// `GET /api/queue` answer.
@@ -288,6 +292,7 @@ struct Filter {
     /// must contain ignoring ASCII case (from `domain`): see [`Filter::look`].
     state_bytes: Option<Vec<u8>>,
     domain_bytes: Option<Vec<u8>>,
+    canaries: bool,
 }
 
 /// Ids are arrival microseconds, raised by at most one per message in a
@@ -312,6 +317,7 @@ impl Filter {
             arrived_before_ms,
             state_bytes,
             domain_bytes,
+            canaries: false,
         }
     }
 
@@ -335,6 +341,9 @@ impl Filter {
 
     /// Queued messages, and retained ones when delivered mail is asked for.
     fn keeps_entry(&self, e: &Entry) -> bool {
+        if !self.canaries && e.jobs.iter().any(|j| j.purpose.is_canary()) {
+            return false;
+        }
         if e.is_retained() && self.state.as_deref() != Some("delivered") {
             return false;
         }
@@ -415,12 +424,13 @@ async fn list(AxState(state): S, q: Result<Query<ListQuery>, QueryRejection>) ->
         },
     };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let filter = Filter::new(
+    let mut filter = Filter::new(
         q.state,
         q.domain
             .map(|d| d.trim().trim_start_matches('@').to_owned()),
         arrived_before_ms,
     );
+    filter.canaries = q.canaries;
     let journal = state.journal.clone();
     let page = tokio::task::spawn_blocking(move || {
         journal.page(

@@ -3,8 +3,8 @@
 
 use crate::delivery::stats::Snapshot;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 /// `Content-Type` of `/metrics` (the text exposition format, version 0.0.4).
@@ -14,6 +14,11 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 const DURATION_BUCKETS: [f64; 16] = [
     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0,
     86400.0, 172800.0, 432000.0,
+];
+
+/// Canary latency buckets: 50 ms to 1 h.
+const CANARY_BUCKETS: [f64; 15] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
 ];
 
 /// Every metric the relay exports, registered in its own registry (so two relays
@@ -66,6 +71,12 @@ pub struct Metrics {
     pub retained_bytes: IntGauge,
     /// `breakwater_replayed_messages_total`
     pub replayed: IntCounter,
+    /// `breakwater_canary_last_success_timestamp_seconds{backend}`
+    pub canary_last_success: GaugeVec,
+    /// `breakwater_canary_duration_seconds{backend}`: created to accepted
+    pub canary_duration: HistogramVec,
+    /// `breakwater_canary_e2e_seconds{backend}`: created to found over IMAP
+    pub canary_e2e: HistogramVec,
 }
 
 /// Why the SMTP edge refused something (`breakwater_smtp_rejections_total{reason}`).
@@ -239,7 +250,33 @@ impl Metrics {
         for state in ["due", "deferred", "held", "in_flight"] {
             queue_messages.with_label_values(&[state]).set(0);
         }
+        let canary_histogram = |name: &str, help: &str| {
+            let opts = HistogramOpts::new(name, help).buckets(CANARY_BUCKETS.to_vec());
+            register(
+                &registry,
+                HistogramVec::new(opts, &["backend"]).expect("valid metric"),
+            )
+        };
         Metrics {
+            canary_last_success: register(
+                &registry,
+                GaugeVec::new(
+                    Opts::new(
+                        "breakwater_canary_last_success_timestamp_seconds",
+                        "When the backend last accepted a canary, Unix seconds",
+                    ),
+                    &["backend"],
+                )
+                .expect("valid metric"),
+            ),
+            canary_duration: canary_histogram(
+                "breakwater_canary_duration_seconds",
+                "Canary created to accepted by the backend",
+            ),
+            canary_e2e: canary_histogram(
+                "breakwater_canary_e2e_seconds",
+                "Canary created to found in the mailbox over IMAP",
+            ),
             mirror_up,
             mirror_queue_depth,
             mirror_deliveries,

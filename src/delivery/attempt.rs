@@ -221,12 +221,11 @@ fn signal_of(reached: bool, outcomes: &[(usize, Outcome)]) -> Signal {
 pub(crate) async fn commit_state(shared: &Shared, record: Record) -> (Record, Status) {
     if record.rcpts.iter().all(|r| r.is_settled()) {
         let now = shared.clock.now_ms();
-        match shared
-            .journal
-            .remove(&record, now, shared.live().retain_ms)
-            .await
-        {
+        // A canary is never retained.
+        let retain_ms = (!record.purpose.is_canary()) as u64 * shared.live().retain_ms;
+        match shared.journal.remove(&record, now, retain_ms).await {
             Ok(()) => {
+                shared.canaries.finished(&record, now);
                 let delivered = record
                     .rcpts
                     .iter()
@@ -251,6 +250,12 @@ pub(crate) async fn commit_state(shared: &Shared, record: Record) -> (Record, St
                     }
                     (Purpose::Replay { replay, .. }, true) => format!("replay {replay} delivered"),
                     (Purpose::Replay { replay, .. }, false) => format!("replay {replay} failed"),
+                    (Purpose::Canary { backend, .. }, true) => {
+                        format!("canary accepted by {backend}")
+                    }
+                    (Purpose::Canary { backend, .. }, false) => {
+                        format!("canary refused by {backend}")
+                    }
                     (_, true) => "delivered to all recipients".into(),
                     (_, false) => "done (failures reported)".into(),
                 };

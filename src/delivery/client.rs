@@ -78,6 +78,9 @@ pub fn route(purpose: &Purpose) -> Route<'_> {
         Purpose::Mirror { mirror } => Route::Mirror(mirror),
         Purpose::Notice => Route::NextHop,
         Purpose::Alert => Route::Alert,
+        Purpose::Canary { backend, .. } => Route::Backends {
+            only: Some(backend),
+        },
     }
 }
 
@@ -180,12 +183,19 @@ impl Backends {
             Route::Backends { only } => only,
         };
         let mut last_error = String::from("no backend may take mail now (down or in quiet time)");
+        let quiet_ok = matches!(
+            record.purpose,
+            Purpose::Canary {
+                during_quiet_time: true,
+                ..
+            }
+        );
         for i in self.order() {
             let backend = &self.list[i];
             if only.is_some_and(|o| o != backend.cfg.name) {
                 continue;
             }
-            if !self.gate.is_open_for(&backend.cfg.name) {
+            if !self.gate.may_take(&backend.cfg.name, quiet_ok) {
                 continue;
             }
             let Ok(_slot) = backend.slots.acquire().await else {

@@ -96,6 +96,8 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub stats: Arc<QueueStats>,
+    /// Canaries outstanding: told when one is done.
+    pub canaries: Arc<crate::canary::Tracker>,
     /// The settings a reload changes; an attempt keeps the ones it started with.
     pub live: std::sync::RwLock<Arc<Live>>,
 }
@@ -134,6 +136,8 @@ pub struct Dispatcher {
     mail: Lane,
     /// DSNs: they go to senders' servers, so backend gates don't hold them.
     bounces: Lane,
+    /// Canaries: each gated by its own backend (see [`Dispatcher::launch_canaries`]).
+    canaries: Lane,
     /// Copies for each standby: gated by its health only, with their own
     /// attempts in flight, so a dead standby never holds up the backends.
     mirrors: BTreeMap<String, Lane>,
@@ -145,7 +149,7 @@ pub struct Dispatcher {
     /// first is the oldest), for the oldest age: a dead standby does not age
     /// the queue (its copies have `breakwater_mirror_queue_depth`).
     all: BTreeSet<QueueId>,
-    /// Mirror copies in the journal.
+    /// Mirror copies and canaries in the journal.
     copies: BTreeSet<QueueId>,
     /// Outcomes the journal could not record. While there are any, no delivery
     /// starts: its outcome could not be recorded either.
@@ -175,6 +179,7 @@ impl Dispatcher {
             records: HashMap::new(),
             mail: Lane::default(),
             bounces: Lane::default(),
+            canaries: Lane::default(),
             mirrors: BTreeMap::new(),
             mirror_flight: HashMap::new(),
             warnings: BTreeSet::new(),
@@ -316,14 +321,15 @@ impl Dispatcher {
             Purpose::Notice | Purpose::Alert => &mut self.bounces,
             Purpose::Mirror { mirror } => self.mirrors.entry(mirror.clone()).or_default(),
             Purpose::Primary | Purpose::Replay { .. } => &mut self.mail,
+            Purpose::Canary { .. } => &mut self.canaries,
         }
     }
 
     /// Remembers a job that is in the journal.
     fn track(&mut self, r: &Record) {
-        match r.purpose.mirror() {
-            Some(_) => self.copies.insert(r.id),
-            None => self.all.insert(r.id),
+        match r.purpose.counts_in_queue() {
+            false => self.copies.insert(r.id),
+            true => self.all.insert(r.id),
         };
     }
 
@@ -511,6 +517,10 @@ impl Dispatcher {
         self.lane(&r.purpose).remove(id, r.next_attempt_ms);
         let now = self.shared.clock.now_ms();
         match self.shared.journal.remove(&r, now, 0).await {
+            Ok(()) if r.purpose.is_canary() => {
+                self.untrack(&r); // given up: the canary task logs it
+                Ok(())
+            }
             Ok(()) => {
                 self.untrack(&r);
                 self.shared.metrics.messages_deleted.inc();
@@ -566,6 +576,7 @@ impl Dispatcher {
         let now = self.shared.clock.now_ms();
         self.mail.promote(now);
         self.bounces.promote(now);
+        self.canaries.promote(now);
         for lane in self.mirrors.values_mut() {
             lane.promote(now);
         }
@@ -579,6 +590,7 @@ impl Dispatcher {
             self.start(id);
         }
         self.launch_mirrors();
+        self.launch_canaries();
         if !self.shared.gate.is_open() {
             self.paused = true;
             return;
@@ -632,6 +644,32 @@ impl Dispatcher {
         }
     }
 
+    /// Starts the canaries due whose backend may take them now (up, and not
+    /// in quiet time or held unless `during_quiet_time`); the others look
+    /// again in a second (they are given up by the canary task, not here).
+    fn launch_canaries(&mut self) {
+        let now = self.shared.clock.now_ms();
+        while let Some(id) = self.canaries.pop_ready() {
+            let Some(r) = self.records.get_mut(&id) else {
+                continue;
+            };
+            let go = match &r.purpose {
+                Purpose::Canary {
+                    backend,
+                    during_quiet_time,
+                    ..
+                } => self.shared.gate.may_take(backend, *during_quiet_time),
+                _ => true,
+            };
+            if go {
+                self.start(id);
+            } else {
+                r.next_attempt_ms = now + 1_000;
+                self.canaries.file(id, r.next_attempt_ms, now);
+            }
+        }
+    }
+
     /// Starts an attempt on a ready record.
     fn start(&mut self, id: QueueId) {
         let Some(record) = self.records.remove(&id) else {
@@ -669,6 +707,7 @@ impl Dispatcher {
             expiry,
             self.next_delivery_wake(),
             self.next_mirror_wake(),
+            self.canaries.next_due().map(|ms| clock.instant_at(ms)),
         ]
         .into_iter()
         .flatten()
@@ -721,7 +760,7 @@ impl Dispatcher {
     fn publish_stats(&self) {
         let due = (self.mail.ready_len() + self.bounces.ready_len()) as u64;
         let deferred = (self.mail.waiting_len() + self.bounces.waiting_len()) as u64;
-        let mut copies = 0;
+        let mut copies = (self.canaries.ready_len() + self.canaries.waiting_len()) as u64;
         for (name, lane) in &self.mirrors {
             let idle = (lane.ready_len() + lane.waiting_len()) as u64;
             copies += idle;

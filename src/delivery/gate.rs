@@ -78,6 +78,16 @@ impl Gate {
         !self.is_held() && self.health.is_up(backend) && !self.in_window(backend)
     }
 
+    /// [`Gate::is_open_for`], or only "is it up" with `quiet_ok` (a canary
+    /// with `canary.during_quiet_time`: windows and holds do not stop it).
+    pub fn may_take(&self, backend: &str, quiet_ok: bool) -> bool {
+        if quiet_ok {
+            self.health.is_up(backend)
+        } else {
+            self.is_open_for(backend)
+        }
+    }
+
     /// True if a quiet-time window (configured or ad-hoc) covers `backend` now.
     /// On the delivery path: allocates nothing.
     pub fn in_window(&self, backend: &str) -> bool {

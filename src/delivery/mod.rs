@@ -136,6 +136,7 @@ pub struct Queue {
     journal: Journal,
     gate: Arc<gate::Gate>,
     stats: Arc<stats::QueueStats>,
+    canaries: Arc<crate::canary::Tracker>,
 }
 
 impl Queue {
@@ -161,6 +162,11 @@ impl Queue {
             let _ = self.tx.send(Event::Reopen("queue released"));
         }
         Ok(())
+    }
+
+    /// The canaries outstanding (`[canary]`).
+    pub fn canaries(&self) -> &Arc<crate::canary::Tracker> {
+        &self.canaries
     }
 
     /// The delivery gate (which backends may take mail now).
@@ -372,7 +378,10 @@ pub fn dispatcher(
     ));
     load_adhoc(&journal, &gate)?;
     let stats = Arc::new(stats::QueueStats::default());
+    let canaries = Arc::new(crate::canary::Tracker::new(metrics.clone()));
+    recovered.iter().for_each(|r| canaries.adopt(r));
     let shared = Shared {
+        canaries: canaries.clone(),
         journal: journal.clone(),
         gate: gate.clone(),
         metrics,
@@ -392,6 +401,7 @@ pub fn dispatcher(
             journal,
             gate,
             stats,
+            canaries,
         },
         d,
     ))

@@ -401,7 +401,7 @@ impl Journal {
                 tally,
             })
             .await?;
-        if record.purpose.mirror().is_none() {
+        if record.purpose.counts_in_queue() {
             self.close_open(record.message.0);
         }
         if let Applied::Retired { retained } = applied {
@@ -944,7 +944,7 @@ impl Spool {
             .await;
         self.committed = result.is_ok();
         if self.committed {
-            let open = jobs.iter().filter(|j| j.purpose.mirror().is_none()).count();
+            let open = jobs.iter().filter(|j| j.purpose.counts_in_queue()).count();
             self.journal.add_open(self.id.0, open as u32);
         }
         result.map(drop)
@@ -1161,7 +1161,7 @@ fn load(db: &Database) -> Result<Loaded, Error> {
             out.floor = out.floor.max(jk.value().1);
             match StoredJob::decode(jv.value()) {
                 Ok(job) => {
-                    if job.purpose.mirror().is_none() {
+                    if job.purpose.counts_in_queue() {
                         *out.open.entry(id).or_default() += 1;
                     }
                     out.jobs.push(job.join(&m));

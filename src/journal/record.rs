@@ -339,6 +339,14 @@ pub enum Purpose {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         to: Option<String>,
     },
+    /// A synthetic message (`[canary]`) through backend `backend` only,
+    /// carrying `token`; gated like mail unless `during_quiet_time`.
+    Canary {
+        backend: String,
+        token: String,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        during_quiet_time: bool,
+    },
 }
 
 impl Purpose {
@@ -360,6 +368,17 @@ impl Purpose {
         }
     }
 
+    /// True for a canary (`[canary]`).
+    pub fn is_canary(&self) -> bool {
+        matches!(self, Purpose::Canary { .. })
+    }
+
+    /// True for jobs that count in the queue depth and age: not mirror
+    /// copies (they have their own depth) nor canaries.
+    pub fn counts_in_queue(&self) -> bool {
+        !matches!(self, Purpose::Mirror { .. } | Purpose::Canary { .. })
+    }
+
     /// True for jobs whose failures are reported to the sender (DSNs, delay
     /// warnings): primary delivery only. A mirror copy or a replay that fails
     /// is the operator's business, not the sender's.
@@ -375,6 +394,7 @@ impl Purpose {
             Purpose::Notice => "notice".into(),
             Purpose::Alert => "alert".into(),
             Purpose::Replay { replay, .. } => format!("replay:{replay}"),
+            Purpose::Canary { backend, .. } => format!("canary:{backend}"),
         }
     }
 }

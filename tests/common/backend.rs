@@ -177,6 +177,8 @@ struct State {
     connections: usize,
     active: usize,
     max_active: usize,
+    /// Messages for this recipient are also written to this maildir.
+    maildir: Option<(String, std::path::PathBuf)>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -185,6 +187,19 @@ type Handles = Arc<Mutex<Vec<JoinHandle<()>>>>;
 /// Locks ignoring poisoning: a panicking test thread must not cascade.
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes one message into a maildir (tmp/ then rename into new/).
+fn write_maildir(dir: &std::path::Path, data: &[u8], n: usize) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let name = format!("{nanos}.P{}Q{n}.backend.test", std::process::id());
+    let tmp = dir.join("tmp").join(&name);
+    if std::fs::write(&tmp, data).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join("new").join(&name));
+    }
 }
 
 fn is_positive(reply: &str) -> bool {
@@ -388,6 +403,16 @@ impl Backend {
     /// connection is closed.
     pub fn set_greeting(&self, reply: &str) {
         lock(&self.shared).script.greeting = reply.to_string();
+    }
+
+    /// Also writes each message for `rcpt` into the maildir `dir` (its
+    /// `tmp/`, then renamed into `new/`), as a local delivery agent would,
+    /// so an IMAP server over that maildir finds it.
+    pub fn deliver_to_maildir(&self, rcpt: &str, dir: &std::path::Path) {
+        for sub in ["tmp", "new", "cur"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("maildir");
+        }
+        lock(&self.shared).maildir = Some((rcpt.to_owned(), dir.to_owned()));
     }
 
     /// Restores every default reply, delay and drop setting.
@@ -932,7 +957,13 @@ impl Session {
                 mail_params,
                 rcpt_params,
             };
-            lock(&self.shared).messages.push(message);
+            let mut st = lock(&self.shared);
+            if let Some((rcpt, dir)) = &st.maildir
+                && message.rcpts.iter().any(|r| r.eq_ignore_ascii_case(rcpt))
+            {
+                write_maildir(dir, &message.data, st.messages.len());
+            }
+            st.messages.push(message);
         }
         self.reset_transaction();
         self.reply(&script.data_reply);

@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod cli;
 pub mod client;
+pub mod dovecot;
 pub mod relay;
 pub mod tls;
 
