@@ -131,6 +131,12 @@ pub struct Config {
     /// Who may read held mail on `/mail`, and whose mail.
     #[serde(default)]
     pub mailbox_access: Vec<MailboxAccess>,
+    /// `[auth]`: SPF, DKIM, DMARC and `Authentication-Results:` (src/smtp/auth.rs).
+    #[serde(default)]
+    pub auth: crate::smtp::auth::AuthConfig,
+    /// `[[dnsbl]]`: DNS blocklists checked at connect (src/smtp/dnsbl.rs).
+    #[serde(default)]
+    pub dnsbl: Vec<crate::smtp::dnsbl::Dnsbl>,
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -805,6 +811,7 @@ impl Config {
             p.add("admin.token_file", e);
         }
         self.validate_mailbox_access(&mut p);
+        p.0.extend(crate::smtp::auth::validate(&self.auth, &self.dnsbl));
         p.0
     }
 

@@ -138,6 +138,7 @@ pub(crate) fn wire(config: config::Config) -> Result<Wired, Error> {
         shutdown: stop.token.clone(),
         tls,
         recipients: std::sync::RwLock::new(Arc::new(recipients)),
+        auth: Default::default(),
     });
     Ok(Wired {
         ctx,

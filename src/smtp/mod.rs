@@ -3,8 +3,10 @@
 //! `Received:` header.
 
 pub mod address;
+pub mod auth;
 pub mod connection;
 pub mod data;
+pub mod dnsbl;
 pub mod incoming;
 pub mod listener;
 pub mod params;
@@ -38,6 +40,8 @@ pub struct Context {
     pub tls: Option<Arc<tls::Tls>>,
     /// Which recipients exist (static list, backend verification).
     pub recipients: RwLock<Arc<recipients::Recipients>>,
+    /// The DNS resolver of `[auth]` and `[[dnsbl]]`, built on first use.
+    pub auth: auth::Edge,
 }
 
 impl Context {
