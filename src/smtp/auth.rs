@@ -114,8 +114,11 @@ pub fn validate(auth: &AuthConfig, dnsbl: &[super::dnsbl::Dnsbl]) -> Vec<Problem
 /// DNS settings change on a reload).
 #[derive(Default)]
 pub struct Edge {
-    built: Mutex<Option<(Option<String>, Duration, Arc<MessageAuthenticator>)>>,
+    built: Mutex<Option<Built>>,
 }
+
+/// A resolver and the `auth.resolver` and `auth.dns_timeout` it was built for.
+type Built = (Option<String>, Duration, Arc<MessageAuthenticator>);
 
 impl Edge {
     /// The authenticator for `cfg`'s resolver settings.
@@ -216,14 +219,14 @@ pub struct Results {
 }
 
 /// The `Authentication-Results:` header for `results`, CRLF-terminated, one
-/// result per line (folded with a tab):
+/// result per line (folded with a tab, shown here as spaces):
 ///
 /// ```text
 /// Authentication-Results: relay.test;
-/// 	spf=pass smtp.mailfrom=sender@example.org;
-/// 	spf=pass smtp.helo=mail.example.org;
-/// 	dkim=pass header.d=example.org header.s=sel header.b=AbCdEfGh;
-/// 	dmarc=pass header.from=example.org
+///     spf=pass smtp.mailfrom=sender@example.org;
+///     spf=pass smtp.helo=mail.example.org;
+///     dkim=pass header.d=example.org header.s=sel header.b=AbCdEfGh;
+///     dmarc=pass header.from=example.org
 /// ```
 pub fn header(authserv_id: &str, r: &Results) -> Vec<u8> {
     let mut h = format!("Authentication-Results: {};", value(authserv_id));
@@ -381,7 +384,7 @@ pub fn is_domain(s: &str) -> bool {
                 && l.chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || !c.is_ascii())
         })
-        && !s.parse::<std::net::Ipv4Addr>().is_ok()
+        && s.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 /// The first 6 bytes of `b` in base64 (8 characters), as `header.b` shows it.
