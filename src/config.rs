@@ -140,6 +140,12 @@ pub struct Config {
     /// Synthetic messages through each backend (`[canary]`).
     #[serde(default)]
     pub canary: Option<crate::canary::CanaryConfig>,
+    /// `[auth]`: SPF, DKIM, DMARC and `Authentication-Results:` (src/smtp/auth.rs).
+    #[serde(default)]
+    pub auth: crate::smtp::auth::AuthConfig,
+    /// `[[dnsbl]]`: DNS blocklists checked at connect (src/smtp/dnsbl.rs).
+    #[serde(default)]
+    pub dnsbl: Vec<crate::smtp::dnsbl::Dnsbl>,
     /// The file this config was read from (reloads read it again).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -939,6 +945,7 @@ impl Config {
         if let Some(c) = &self.canary {
             c.validate(&mut |k, m| p.add(format!("canary.{k}"), m));
         }
+        p.0.extend(crate::smtp::auth::validate(&self.auth, &self.dnsbl));
         p.0
     }
 

@@ -150,6 +150,7 @@ pub(crate) fn wire(config: config::Config, clock: delivery::Clock) -> Result<Wir
         tls,
         recipients: std::sync::RwLock::new(Arc::new(recipients)),
         flows: flows.clone(),
+        auth: Default::default(),
     });
     let alerts = flows::monitor::spawn(ctx.clone(), flows, clock, stop.token.clone());
     Ok(Wired {

@@ -77,6 +77,9 @@ pub struct Metrics {
     pub canary_duration: HistogramVec,
     /// `breakwater_canary_e2e_seconds{backend}`: created to found over IMAP
     pub canary_e2e: HistogramVec,
+    /// `breakwater_auth_results_total{method,result}`: method = spf (MAIL
+    /// FROM), spf_helo, dkim (per signature), dmarc
+    pub auth_results: IntCounterVec,
 }
 
 /// Why the SMTP edge refused something (`breakwater_smtp_rejections_total{reason}`).
@@ -104,6 +107,10 @@ pub enum Rejection {
     Pregreet,
     /// A line or the whole message took too long, or the client stopped reading.
     Timeout,
+    /// DMARC fail under `p=reject` with `auth.dmarc_reject`.
+    Dmarc,
+    /// Listed by a `[[dnsbl]]` zone with `action = "reject"`.
+    Dnsbl,
 }
 
 impl Rejection {
@@ -121,6 +128,8 @@ impl Rejection {
             Rejection::Smuggling => "smuggling",
             Rejection::Pregreet => "pregreet",
             Rejection::Timeout => "timeout",
+            Rejection::Dmarc => "dmarc",
+            Rejection::Dnsbl => "dnsbl",
         }
     }
 }
@@ -190,7 +199,7 @@ impl Metrics {
         };
         let smtp_rejections = counter_vec(
             "breakwater_smtp_rejections_total",
-            "Refusals at the SMTP edge; reason = relay_denied, unknown_user, size, rate, errors, tls, loop, storage, smuggling, pregreet, timeout",
+            "Refusals at the SMTP edge; reason = relay_denied, unknown_user, size, rate, errors, tls, loop, storage, smuggling, pregreet, timeout, dmarc, dnsbl",
             "reason",
         );
         let tls_sessions = counter_vec(
@@ -247,6 +256,17 @@ impl Metrics {
         registry
             .register(Box::new(mirror_deliveries.clone()))
             .expect("unique metric");
+        let auth_results = IntCounterVec::new(
+            Opts::new(
+                "breakwater_auth_results_total",
+                "Edge authentication results ([auth]); method = spf, spf_helo, dkim, dmarc; result = pass, fail, softfail, neutral, none, temperror, permerror",
+            ),
+            &["method", "result"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(auth_results.clone()))
+            .expect("unique metric");
         for state in ["due", "deferred", "held", "in_flight"] {
             queue_messages.with_label_values(&[state]).set(0);
         }
@@ -277,6 +297,7 @@ impl Metrics {
                 "breakwater_canary_e2e_seconds",
                 "Canary created to found in the mailbox over IMAP",
             ),
+            auth_results,
             mirror_up,
             mirror_queue_depth,
             mirror_deliveries,

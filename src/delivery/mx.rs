@@ -44,7 +44,7 @@ impl Router {
             .resolver
             .get_or_init(|| async {
                 TokioResolver::builder_tokio()
-                    .map(|b| b.build())
+                    .and_then(|b| b.build())
                     .map_err(|e| format!("no resolver: {e}"))
             })
             .await;
@@ -56,10 +56,10 @@ impl Router {
         match resolver.mx_lookup(fqdn.as_str()).await {
             Ok(mx) => {
                 let records: Vec<(u16, String)> = mx
-                    .as_lookup()
-                    .record_iter()
-                    .filter_map(|r| match r.data() {
-                        RData::MX(m) => Some((m.preference(), m.exchange().to_ascii())),
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(m) => Some((m.preference, m.exchange.to_ascii())),
                         _ => None,
                     })
                     .collect();

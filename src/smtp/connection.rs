@@ -252,6 +252,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut session: Session, stre
         record_deadline: Instant::now() + idle,
         data_deadline: None,
     };
+    super::dnsbl::start(&mut session);
     match talks_first(&mut session, &mut io).await {
         Ok(true) => {
             session.pregreeted = true;
@@ -263,6 +264,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(mut session: Session, stre
     io.reply(&session.greeting());
     io.start_record();
     let end = command_loop(&mut session, &mut io).await;
+    if let Some(lookups) = session.dnsbl.take() {
+        lookups.abort();
+    }
     session.release_slots();
     let last = match end {
         End::Closed => None,
@@ -335,6 +339,13 @@ async fn command_loop<S: AsyncRead + AsyncWrite + Unpin>(s: &mut Session, io: &m
             s.ctx.metrics.reject(Rejection::Pregreet);
             s.release_slots();
             io.reply(&Reply::PREGREET);
+            let _ = io.flush().await;
+            return End::Closed;
+        }
+        if let Some(refusal) = super::dnsbl::verdict(s, &line).await {
+            s.ctx.metrics.reject(Rejection::Dnsbl);
+            s.release_slots();
+            io.reply(&refusal);
             let _ = io.flush().await;
             return End::Closed;
         }
@@ -469,7 +480,8 @@ fn incoming(s: &Session) -> Incoming {
     let spool = s.ctx.journal.spool(s.ctx.journal.next_id());
     let single = (tx.rcpts.len() == 1).then(|| tx.rcpts[0].address.as_str());
     let protocol = super::received::protocol(s.esmtp, tx.params.smtputf8, s.tls.is_some());
-    let header = super::received::header(
+    let mut header = super::dnsbl::tag_header(s.client_ip, &s.dnsbl_hits);
+    header.extend(super::received::header(
         s.helo.as_deref().unwrap_or("unknown"),
         s.client_ip,
         &s.cfg.hostname,
@@ -478,8 +490,12 @@ fn incoming(s: &Session) -> Incoming {
         spool.id(),
         single,
         chrono::Utc::now(),
-    );
-    Incoming::new(spool, &header, s.cfg.smtp.max_message_size, deadline)
+    ));
+    let mut msg = Incoming::new(spool, &header, s.cfg.smtp.max_message_size, deadline);
+    if s.cfg.auth.enabled {
+        msg.keep_whole();
+    }
+    msg
 }
 
 /// Feeds what is buffered to `feed` (a receiver) into the message, watching
@@ -576,7 +592,8 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
         return Reply::BAD_SEQUENCE;
     };
     let id = msg.id();
-    let (spool, check) = match msg.finish() {
+    let header_len = msg.header_len();
+    let (mut spool, check) = match msg.finish() {
         Ok(done) => done,
         Err(reply) => return reply,
     };
@@ -593,6 +610,11 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
     if hops > s.cfg.smtp.max_received_headers {
         tracing::warn!(client = %s.client_ip, hops, "rejected message: mail loop (smtp.max_received_headers)");
         return Reply::MAIL_LOOP;
+    }
+    if s.cfg.auth.enabled
+        && let Err(refusal) = super::auth::apply(s, &tx, &mut spool, header_len).await
+    {
+        return refusal;
     }
     let record = Record {
         id,

@@ -24,6 +24,10 @@ pub struct Incoming {
     scratch: Vec<u8>,
     /// When the whole message must have arrived (`smtp.data_timeout`).
     deadline: Instant,
+    /// Our header lines at the start of the spool (before the client's bytes).
+    header_len: usize,
+    /// Keep the whole message in memory (no staging): `[auth]` needs it.
+    whole: bool,
 }
 
 impl Incoming {
@@ -40,6 +44,8 @@ impl Incoming {
             max,
             scratch: Vec::new(),
             deadline,
+            header_len: header.len(),
+            whole: false,
         }
     }
 
@@ -54,7 +60,20 @@ impl Incoming {
             max: 0,
             scratch: Vec::new(),
             deadline,
+            header_len: 0,
+            whole: false,
         }
+    }
+
+    /// Keeps the whole message in memory until [`Incoming::finish`] (bounded
+    /// by the size limit), so that it can be checked and headers put in front.
+    pub fn keep_whole(&mut self) {
+        self.whole = true;
+    }
+
+    /// How many bytes of our own header lines start the spool.
+    pub fn header_len(&self) -> usize {
+        self.header_len
     }
 
     /// The queue id the message will have.
@@ -113,7 +132,7 @@ impl Incoming {
         let Some(spool) = &mut self.spool else {
             return;
         };
-        if !spool.needs_flush() {
+        if self.whole || !spool.needs_flush() {
             return;
         }
         if let Err(e) = spool.flush().await {

@@ -3,8 +3,10 @@
 //! `Received:` header.
 
 pub mod address;
+pub mod auth;
 pub mod connection;
 pub mod data;
+pub mod dnsbl;
 pub mod incoming;
 pub mod listener;
 pub mod params;
@@ -40,6 +42,8 @@ pub struct Context {
     pub recipients: RwLock<Arc<recipients::Recipients>>,
     /// `[[flow]]`s: told of every accepted message.
     pub flows: Arc<crate::flows::Flows>,
+    /// The DNS resolver of `[auth]` and `[[dnsbl]]`, built on first use.
+    pub auth: auth::Edge,
 }
 
 impl Context {

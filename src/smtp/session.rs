@@ -79,6 +79,10 @@ pub struct Session {
     pub pregreeted: bool,
     /// Error replies so far (what `smtp.max_errors` limits).
     pub errors: usize,
+    /// The `[[dnsbl]]` lookups started at connect, until the first command.
+    pub dnsbl: Option<tokio::task::JoinHandle<Vec<super::dnsbl::Hit>>>,
+    /// The zones that list the client.
+    pub dnsbl_hits: Vec<super::dnsbl::Hit>,
     overshoot: usize,
     /// The session's places in the connection limits; given back before the
     /// last reply is written, so a client that reconnects on reading it finds
@@ -99,6 +103,8 @@ impl Session {
             tls: None,
             pregreeted: false,
             errors: 0,
+            dnsbl: None,
+            dnsbl_hits: Vec::new(),
             overshoot: 0,
             slots: Vec::new(),
         }

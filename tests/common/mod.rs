@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod cli;
 pub mod client;
+pub mod dns;
 pub mod dovecot;
 pub mod relay;
 pub mod tls;
@@ -20,6 +21,7 @@ pub mod tls;
 pub use backend::{Backend, BackendOptions, Received, count_by_header};
 pub use cli::{Run, cli, raw_http};
 pub use client::{Client, Reply, dot_stuff, send_each};
+pub use dns::Dns;
 pub use relay::{Relay, config_text, http, metric_value, wait_metric, wait_metric_at};
 pub use tls::TestCert;
 
