@@ -141,6 +141,7 @@ pub(crate) fn wire(config: config::Config, clock: delivery::Clock) -> Result<Wir
         metrics.registry(),
         clock,
     ));
+    let auth = smtp::auth::Edge::new(&config.auth);
     let ctx = Arc::new(smtp::Context {
         config: std::sync::RwLock::new(config),
         journal,
@@ -150,7 +151,7 @@ pub(crate) fn wire(config: config::Config, clock: delivery::Clock) -> Result<Wir
         tls,
         recipients: std::sync::RwLock::new(Arc::new(recipients)),
         flows: flows.clone(),
-        auth: Default::default(),
+        auth,
     });
     let alerts = flows::monitor::spawn(ctx.clone(), flows, clock, stop.token.clone());
     Ok(Wired {
@@ -246,6 +247,7 @@ pub async fn run_with_clock(
             reload: Box::new(move || r.reload()),
             mail: Arc::new(admin::mail::JournalSource(ctx.journal.clone())),
             mailbox_access: reloader.mailbox_access.clone(),
+            auth_memory: ctx.auth.memory.clone(),
         });
         tokio::spawn(admin::serve(l, state));
     }

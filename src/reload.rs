@@ -119,6 +119,7 @@ impl Reloader {
         let new = Arc::new(new);
         *self.ctx.recipients.write().expect("recipients lock") = Arc::new(recipients);
         *self.ctx.config.write().expect("config lock") = new.clone();
+        self.ctx.auth.memory.set_limit(new.auth.max_memory);
         *self.token.write().expect("token lock") = token;
         *self.mailbox_access.write().expect("access lock") = new.mailbox_access.clone();
         *self.backends.write().expect("backends lock") = new
@@ -228,6 +229,12 @@ fn describe(old: &Config, new: &Config) -> Vec<String> {
             .map(|q| q.name.clone())
             .collect::<Vec<_>>()
     };
+    if old.auth.max_memory != new.auth.max_memory {
+        out.push(format!(
+            "auth.max_memory {} -> {}",
+            old.auth.max_memory, new.auth.max_memory
+        ));
+    }
     if old.canary != new.canary {
         out.push(match &new.canary {
             Some(c) => format!("canary every {}", c.interval),

@@ -69,6 +69,8 @@ pub struct Metrics {
     pub retained_messages: IntGauge,
     /// `breakwater_retained_bytes`
     pub retained_bytes: IntGauge,
+    /// `breakwater_auth_memory_bytes`
+    pub auth_memory_bytes: IntGauge,
     /// `breakwater_replayed_messages_total`
     pub replayed: IntCounter,
     /// `breakwater_canary_last_success_timestamp_seconds{backend}`
@@ -111,6 +113,8 @@ pub enum Rejection {
     Dmarc,
     /// Listed by a `[[dnsbl]]` zone with `action = "reject"`.
     Dnsbl,
+    /// `auth.max_memory` reached: too many messages held whole at once.
+    Memory,
 }
 
 impl Rejection {
@@ -130,6 +134,7 @@ impl Rejection {
             Rejection::Timeout => "timeout",
             Rejection::Dmarc => "dmarc",
             Rejection::Dnsbl => "dnsbl",
+            Rejection::Memory => "memory",
         }
     }
 }
@@ -199,7 +204,7 @@ impl Metrics {
         };
         let smtp_rejections = counter_vec(
             "breakwater_smtp_rejections_total",
-            "Refusals at the SMTP edge; reason = relay_denied, unknown_user, size, rate, errors, tls, loop, storage, smuggling, pregreet, timeout, dmarc, dnsbl",
+            "Refusals at the SMTP edge; reason = relay_denied, unknown_user, size, rate, errors, tls, loop, storage, smuggling, pregreet, timeout, dmarc, dnsbl, memory",
             "reason",
         );
         let tls_sessions = counter_vec(
@@ -308,6 +313,10 @@ impl Metrics {
             retained_bytes: gauge(
                 "breakwater_retained_bytes",
                 "Bytes of the delivered messages kept for journal.retain_delivered",
+            ),
+            auth_memory_bytes: gauge(
+                "breakwater_auth_memory_bytes",
+                "Bytes of auth.max_memory held now by messages kept whole for their check",
             ),
             replayed: counter(
                 "breakwater_replayed_messages_total",

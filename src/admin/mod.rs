@@ -54,6 +54,8 @@ pub struct State {
     pub mail: Arc<dyn mail::MailSource>,
     /// Who may sign in on `/mail` (`[[mailbox_access]]`, replaced on reload).
     pub mailbox_access: Arc<RwLock<Vec<crate::config::MailboxAccess>>>,
+    /// The `auth.max_memory` budget (for its gauge).
+    pub auth_memory: crate::smtp::auth::Budget,
 }
 
 /// Largest request body (the API's bodies are a few hundred bytes).
@@ -159,6 +161,9 @@ impl State {
         let (retained, retained_bytes) = self.journal.retained();
         self.metrics.retained_messages.set(retained as i64);
         self.metrics.retained_bytes.set(retained_bytes as i64);
+        self.metrics
+            .auth_memory_bytes
+            .set(self.auth_memory.used() as i64);
         gate.update_metric();
     }
 }

@@ -32,6 +32,7 @@ use mail_auth::{
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::{Instant, timeout_at};
@@ -53,11 +54,23 @@ pub struct AuthConfig {
     /// A DNS server (`ip:port`) instead of `/etc/resolv.conf`.
     #[serde(default)]
     pub resolver: Option<String>,
+    /// Bytes all sessions together may hold of messages kept whole for the
+    /// check; a message that would go over it gets `452 4.3.1`.
+    #[serde(default = "default_max_memory")]
+    pub max_memory: u64,
 }
 
 fn default_dns_timeout() -> Dur {
     Dur(Duration::from_secs(2))
 }
+
+/// 256 MiB.
+fn default_max_memory() -> u64 {
+    256 << 20
+}
+
+/// The least `auth.max_memory` accepted.
+const MIN_MAX_MEMORY: u64 = 1 << 20;
 
 impl Default for AuthConfig {
     fn default() -> Self {
@@ -66,6 +79,7 @@ impl Default for AuthConfig {
             dmarc_reject: false,
             dns_timeout: default_dns_timeout(),
             resolver: None,
+            max_memory: default_max_memory(),
         }
     }
 }
@@ -79,6 +93,15 @@ pub fn validate(auth: &AuthConfig, dnsbl: &[super::dnsbl::Dnsbl]) -> Vec<Problem
         add(
             "auth.dns_timeout".into(),
             format!("{} must be more than 0 and at most 60s", auth.dns_timeout),
+        );
+    }
+    if auth.max_memory < MIN_MAX_MEMORY {
+        add(
+            "auth.max_memory".into(),
+            format!(
+                "{} must be at least {MIN_MAX_MEMORY} bytes (1 MiB)",
+                auth.max_memory
+            ),
         );
     }
     if let Some(r) = &auth.resolver
@@ -111,16 +134,27 @@ pub fn validate(auth: &AuthConfig, dnsbl: &[super::dnsbl::Dnsbl]) -> Vec<Problem
 }
 
 /// The shared resolver, built on first use from `[auth]` (and again when its
-/// DNS settings change on a reload).
+/// DNS settings change on a reload), and the memory budget of messages held
+/// whole (`auth.max_memory`).
 #[derive(Default)]
 pub struct Edge {
     built: Mutex<Option<Built>>,
+    /// What all sessions together may hold of messages kept whole.
+    pub memory: Budget,
 }
 
 /// A resolver and the `auth.resolver` and `auth.dns_timeout` it was built for.
 type Built = (Option<String>, Duration, Arc<MessageAuthenticator>);
 
 impl Edge {
+    /// An edge whose memory budget is `cfg.max_memory`.
+    pub fn new(cfg: &AuthConfig) -> Edge {
+        Edge {
+            built: Mutex::new(None),
+            memory: Budget::new(cfg.max_memory),
+        }
+    }
+
     /// The authenticator for `cfg`'s resolver settings.
     pub fn authenticator(&self, cfg: &AuthConfig) -> Result<Arc<MessageAuthenticator>, String> {
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
@@ -133,6 +167,105 @@ impl Edge {
         let a = Arc::new(build(cfg)?);
         *built = Some((cfg.resolver.clone(), cfg.dns_timeout.0, a.clone()));
         Ok(a)
+    }
+}
+
+/// A byte budget shared by every session (`auth.max_memory`): each message
+/// held whole reserves what its buffer holds, without waiting, and gives it
+/// back when its [`Reservation`] is dropped (refused, reset, disconnected,
+/// timed out, committed).
+#[derive(Debug, Clone)]
+pub struct Budget(Arc<BudgetState>);
+
+#[derive(Debug)]
+struct BudgetState {
+    /// The most that may be reserved at once (follows a reload).
+    limit: AtomicU64,
+    /// Reserved now.
+    used: AtomicU64,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget::new(default_max_memory())
+    }
+}
+
+impl Budget {
+    /// A budget of `limit` bytes, none reserved.
+    pub fn new(limit: u64) -> Budget {
+        Budget(Arc::new(BudgetState {
+            limit: AtomicU64::new(limit),
+            used: AtomicU64::new(0),
+        }))
+    }
+
+    /// A new limit (a reload); what is reserved stays reserved, and nothing
+    /// more is until it fits under the new limit.
+    pub fn set_limit(&self, limit: u64) {
+        self.0.limit.store(limit, Ordering::Relaxed);
+    }
+
+    /// The limit in force.
+    pub fn limit(&self) -> u64 {
+        self.0.limit.load(Ordering::Relaxed)
+    }
+
+    /// Bytes reserved now, by all sessions.
+    pub fn used(&self) -> u64 {
+        self.0.used.load(Ordering::Acquire)
+    }
+
+    /// An empty reservation, to grow with [`Reservation::grow_to`].
+    pub fn reservation(&self) -> Reservation {
+        Reservation {
+            budget: self.clone(),
+            bytes: 0,
+        }
+    }
+}
+
+/// Bytes of a [`Budget`] held by one message; given back when dropped.
+#[derive(Debug)]
+pub struct Reservation {
+    budget: Budget,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// Bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Holds `total` bytes in all (never fewer than now), if the budget has
+    /// room for the difference; `false` (and nothing changed) when it has not.
+    /// Never waits.
+    pub fn grow_to(&mut self, total: u64) -> bool {
+        let Some(extra) = total.checked_sub(self.bytes).filter(|&e| e > 0) else {
+            return true;
+        };
+        let limit = self.budget.limit();
+        let fits = self
+            .budget
+            .0
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(extra).filter(|&n| n <= limit)
+            })
+            .is_ok();
+        if fits {
+            self.bytes = total;
+        }
+        fits
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.budget.0.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
     }
 }
 
@@ -869,6 +1002,7 @@ mod tests {
         let auth = AuthConfig {
             dns_timeout: Dur(Duration::ZERO),
             resolver: Some("localhost".into()),
+            max_memory: (1 << 20) - 1,
             ..AuthConfig::default()
         };
         let bl = vec![
@@ -890,10 +1024,70 @@ mod tests {
             keys,
             [
                 "auth.dns_timeout",
+                "auth.max_memory",
                 "auth.resolver",
                 "dnsbl[1].zone",
                 "dnsbl[2].zone"
             ]
         );
+    }
+
+    #[test]
+    fn reservations_stay_within_the_budget_and_come_back() {
+        let b = Budget::new(100);
+        let mut r1 = b.reservation();
+        let mut r2 = b.reservation();
+        assert!(r1.grow_to(60));
+        assert!(r1.grow_to(40), "shrinking is a no-op");
+        assert_eq!((r1.bytes(), b.used()), (60, 60));
+        assert!(!r2.grow_to(41), "over the budget");
+        assert_eq!((r2.bytes(), b.used()), (0, 60), "a refusal changes nothing");
+        assert!(r2.grow_to(40));
+        assert_eq!(b.used(), 100);
+        assert!(!r1.grow_to(61));
+        drop(r1);
+        assert_eq!(b.used(), 40);
+        assert!(r2.grow_to(100));
+        drop(r2);
+        assert_eq!(b.used(), 0);
+        assert!(!b.reservation().grow_to(u64::MAX));
+        assert_eq!(b.used(), 0);
+    }
+
+    #[test]
+    fn a_lower_limit_stops_growth_until_reservations_end() {
+        let b = Budget::new(100);
+        let mut r = b.reservation();
+        assert!(r.grow_to(80));
+        b.set_limit(50);
+        assert_eq!(b.limit(), 50);
+        assert!(!r.grow_to(81));
+        let mut other = b.reservation();
+        assert!(!other.grow_to(1));
+        drop(r);
+        assert!(other.grow_to(50));
+        assert!(!other.grow_to(51));
+    }
+
+    #[test]
+    fn reservations_from_many_threads_never_exceed_the_limit() {
+        let b = Budget::new(1000);
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let mut r = b.reservation();
+                        if r.grow_to(100 + i % 300) {
+                            assert!(b.used() <= 1000);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.used(), 0);
     }
 }

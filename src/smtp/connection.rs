@@ -423,6 +423,8 @@ fn rejection_of(r: &Reply) -> Option<Rejection> {
         Rejection::Size
     } else if is(&Reply::STORAGE_FULL) || is(&Reply::STORAGE_ERROR) {
         Rejection::Storage
+    } else if is(&Reply::MEMORY_BUSY) {
+        Rejection::Memory
     } else if is(&Reply::BARE_LINE_ENDING) || is(&Reply::NUL_IN_MESSAGE) {
         Rejection::Smuggling
     } else if is(&Reply::MAIL_LOOP) {
@@ -493,7 +495,7 @@ fn incoming(s: &Session) -> Incoming {
     ));
     let mut msg = Incoming::new(spool, &header, s.cfg.smtp.max_message_size, deadline);
     if s.cfg.auth.enabled {
-        msg.keep_whole();
+        msg.keep_whole(&s.ctx.auth.memory);
     }
     msg
 }
@@ -508,6 +510,7 @@ where
     io.data_deadline = Some(msg.deadline());
     let mut since_record = 0usize;
     loop {
+        msg.make_room(io.buf.len() - io.pos);
         let mark = msg.mark();
         let (n, done) = feed(&io.buf[io.pos..], msg.sink());
         msg.took(mark);
@@ -570,10 +573,13 @@ async fn receive_bdat<S: AsyncRead + AsyncWrite + Unpin>(
     if !allowed {
         return Ok(Some(s.bdat_refusal()));
     }
-    if msg.refusal() == Some(&Reply::SIZE_EXCEEDED) {
+    if let Some(r) = msg.refusal()
+        && (*r == Reply::SIZE_EXCEEDED || *r == Reply::MEMORY_BUSY)
+    {
         // RFC 3030: refuse the chunk that overflows; the transaction is over.
+        let r = r.clone();
         s.tx = None;
-        return Ok(Some(Reply::SIZE_EXCEEDED));
+        return Ok(Some(r));
     }
     if !last {
         if let Some(tx) = s.tx.as_mut() {
@@ -593,7 +599,12 @@ async fn finish_message(s: &mut Session, msg: Incoming) -> Reply {
     };
     let id = msg.id();
     let header_len = msg.header_len();
-    let (mut spool, check) = match msg.finish() {
+    // `_held`: the message's part of `auth.max_memory`, given back on return.
+    let super::incoming::Finished {
+        mut spool,
+        check,
+        held: _held,
+    } = match msg.finish() {
         Ok(done) => done,
         Err(reply) => return reply,
     };

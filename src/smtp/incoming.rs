@@ -2,7 +2,15 @@
 //! written to the journal as they arrive ([`Spool`]), checked as they pass
 //! ([`BodyCheck`]) and limited to `smtp.max_message_size`; once refused, the
 //! rest of it is read and forgotten.
+//!
+//! A message kept whole (`[auth]`) holds a [`Reservation`] of the shared
+//! `auth.max_memory` budget covering its buffer: the buffer grows only by what
+//! was reserved first (without waiting), and a message that cannot reserve
+//! more is refused (`452 4.3.1`) and its buffer freed. The reservation goes back
+//! when the message is dropped (refused, reset, disconnect, timeout) or, after
+//! [`Incoming::finish`], when its [`Finished`] is dropped (after the commit).
 
+use super::auth::Reservation;
 use super::data::BodyCheck;
 use super::reply::Reply;
 use crate::journal::{QueueId, Spool};
@@ -28,6 +36,23 @@ pub struct Incoming {
     header_len: usize,
     /// Keep the whole message in memory (no staging): `[auth]` needs it.
     whole: bool,
+    /// The part of `auth.max_memory` the buffer of a whole message holds.
+    held: Option<Reservation>,
+}
+
+/// What a receiver may append beyond its input (the data receiver gives back
+/// a held CR with the byte after it).
+const FEED_SLACK: usize = 8;
+/// The most a whole message's buffer grows ahead of its bytes.
+const MAX_HEADROOM: usize = 1 << 20;
+
+/// A complete message: its spool, what the checks found, and the memory it
+/// holds (given back when this is dropped).
+#[derive(Debug)]
+pub struct Finished {
+    pub spool: Spool,
+    pub check: BodyCheck,
+    pub held: Option<Reservation>,
 }
 
 impl Incoming {
@@ -46,6 +71,7 @@ impl Incoming {
             deadline,
             header_len: header.len(),
             whole: false,
+            held: None,
         }
     }
 
@@ -62,13 +88,54 @@ impl Incoming {
             deadline,
             header_len: 0,
             whole: false,
+            held: None,
         }
     }
 
     /// Keeps the whole message in memory until [`Incoming::finish`] (bounded
-    /// by the size limit), so that it can be checked and headers put in front.
-    pub fn keep_whole(&mut self) {
+    /// by the size limit, and by `budget` shared with the other sessions), so
+    /// that it can be checked and headers put in front.
+    pub fn keep_whole(&mut self, budget: &super::auth::Budget) {
         self.whole = true;
+        self.held = Some(budget.reservation());
+    }
+
+    /// Bytes of the memory budget this message holds now.
+    pub fn held(&self) -> u64 {
+        self.held.as_ref().map_or(0, Reservation::bytes)
+    }
+
+    /// Before a receiver appends from `input` bytes: a whole message makes
+    /// room for them in its buffer, within its reservation, or is refused
+    /// (`452 4.3.1`) when the budget cannot give more.
+    pub fn make_room(&mut self, input: usize) {
+        let (Some(spool), Some(held)) = (&mut self.spool, &mut self.held) else {
+            return;
+        };
+        let buf = spool.buf();
+        let need = input + FEED_SLACK;
+        if buf.capacity() - buf.len() >= need {
+            return;
+        }
+        let len = buf.len();
+        // Room for what the size limit still allows, at most.
+        let limit = (self.header_len as u64 + self.max).saturating_sub(len as u64) as usize;
+        let headroom = (len / 4).min(MAX_HEADROOM).min(limit).max(need);
+        for extra in [headroom, need] {
+            if held.grow_to((len + extra) as u64) {
+                buf.reserve_exact(extra);
+                // The allocator may give a little more than asked: count it
+                // when it fits (it is bounded by the request anyway).
+                held.grow_to(buf.capacity() as u64);
+                return;
+            }
+        }
+        tracing::warn!(
+            "{} refused: auth.max_memory reached ({} bytes held for verification)",
+            self.id,
+            held.bytes()
+        );
+        self.refuse(Reply::MEMORY_BUSY);
     }
 
     /// How many bytes of our own header lines start the spool.
@@ -124,6 +191,7 @@ impl Incoming {
     pub fn refuse(&mut self, reply: Reply) {
         self.refused.get_or_insert(reply);
         self.spool = None;
+        self.held = None;
     }
 
     /// Stages what is buffered once there is enough of it; a journal that
@@ -145,14 +213,18 @@ impl Incoming {
         }
     }
 
-    /// The complete message: its spool and what the checks found, or the
-    /// reply refusing it.
-    pub fn finish(self) -> Result<(Spool, BodyCheck), Reply> {
+    /// The complete message, or the reply refusing it.
+    pub fn finish(self) -> Result<Finished, Reply> {
         if let Some(reply) = self.refused {
             return Err(reply);
         }
-        self.spool
-            .map(|spool| (spool, self.check))
-            .ok_or(Reply::STORAGE_ERROR)
+        let Some(spool) = self.spool else {
+            return Err(Reply::STORAGE_ERROR);
+        };
+        Ok(Finished {
+            spool,
+            check: self.check,
+            held: self.held,
+        })
     }
 }

@@ -67,6 +67,8 @@ replies! {
     STORAGE_ERROR = 451 "4.3.0" "Temporary storage error, try again later";
     /// Journal full.
     STORAGE_FULL = 452 "4.3.1" "Insufficient system storage, try again later";
+    /// `auth.max_memory`: too many messages held whole for their check now.
+    MEMORY_BUSY = 452 "4.3.1" "Too much mail in verification at once, try again later";
     /// Too many recipients.
     TOO_MANY_RECIPIENTS = 452 "4.5.3" "Too many recipients";
     /// Unknown command.
