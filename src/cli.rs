@@ -284,6 +284,30 @@ pub fn status(d: &Daemon) -> ExitCode {
                 }
             );
         }
+        if !s.flows.is_empty() {
+            println!(
+                "{:<20} {:<8} {:<10} {:<12} MESSAGES",
+                "FLOW", "STATE", "LAST SEEN", "MAX SILENCE"
+            );
+        }
+        for f in &s.flows {
+            let state = match (f.silent, f.active) {
+                (true, _) => "SILENT",
+                (false, true) => "ok",
+                (false, false) => "inactive",
+            };
+            let seen = f
+                .last_seen_age_seconds
+                .map_or("never".to_string(), |a| format!("{} ago", age(a.max(1))));
+            println!(
+                "{:<20} {:<8} {:<10} {:<12} {}",
+                f.name,
+                state,
+                seen,
+                age(f.max_silence_seconds),
+                f.messages
+            );
+        }
         Ok(())
     })())
 }

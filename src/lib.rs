@@ -248,6 +248,7 @@ pub async fn run_with_clock(
             mail: Arc::new(admin::mail::JournalSource(ctx.journal.clone())),
             mailbox_access: reloader.mailbox_access.clone(),
             auth_memory: ctx.auth.memory.clone(),
+            flows: ctx.flows.clone(),
         });
         tokio::spawn(admin::serve(l, state));
     }

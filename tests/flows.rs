@@ -90,6 +90,27 @@ async fn a_silent_flow_alerts_once_through_the_alert_relay_with_the_backend_down
         "says what the flow is: {body}"
     );
 
+    // `breakwater status` says so too (for sites without Prometheus).
+    let admin = format!("http://{}", relay.admin);
+    let run = cli(&["status", "--admin", &admin], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let line = run
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("audit "))
+        .unwrap_or_default();
+    assert!(
+        line.contains("SILENT") && line.contains("never"),
+        "{}",
+        run.stdout
+    );
+    let json = cli(&["status", "--admin", &admin, "--json"], &[])
+        .await
+        .json();
+    assert_eq!(json["flows"][0]["name"], "audit");
+    assert_eq!(json["flows"][0]["silent"], true);
+    assert_eq!(json["flows"][0]["last_seen"], serde_json::Value::Null);
+
     // More time, more evaluations: still one alert.
     time.advance(Duration::from_secs(3600));
     send_audit(&relay, "someone@elsewhere.example").await; // a turn's worth of real time
@@ -102,6 +123,11 @@ async fn a_silent_flow_alerts_once_through_the_alert_relay_with_the_backend_down
     assert!(seen > 0.0);
     let got = sink.wait_for(2, WAIT).await;
     assert_eq!(got.len(), 2, "exactly one alert and one recovery");
+    let json = cli(&["status", "--admin", &admin, "--json"], &[])
+        .await
+        .json();
+    assert_eq!(json["flows"][0]["silent"], false);
+    assert_eq!(json["flows"][0]["messages"], 1);
     assert_eq!(alert_header(&got[1]), "flow_silent audit resolved");
 
     // A restart keeps last-seen: no silence invented, none hidden.

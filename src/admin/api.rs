@@ -701,6 +701,9 @@ pub struct StatusView {
     pub journal_bytes: u64,
     /// Why new mail is refused, if it is.
     pub not_ready: Option<String>,
+    /// The `[[flow]]`s: silent or not, last seen.
+    #[serde(default)]
+    pub flows: Vec<crate::flows::FlowView>,
 }
 
 async fn status(AxState(state): S) -> Response {
@@ -720,6 +723,7 @@ async fn status(AxState(state): S) -> Response {
         in_flight: s.in_flight,
         journal_bytes: state.journal.file_bytes(),
         not_ready: state.journal.readiness().err(),
+        flows: state.flows.views(now_ms),
     })
     .into_response()
 }

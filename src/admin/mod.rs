@@ -56,6 +56,8 @@ pub struct State {
     pub mailbox_access: Arc<RwLock<Vec<crate::config::MailboxAccess>>>,
     /// The `auth.max_memory` budget (for its gauge).
     pub auth_memory: crate::smtp::auth::Budget,
+    /// The `[[flow]]`s, for `GET /api/status`.
+    pub flows: Arc<crate::flows::Flows>,
 }
 
 /// Largest request body (the API's bodies are a few hundred bytes).

@@ -358,6 +358,29 @@ pub fn verdict(rule: &Rule, state: &State, now: u64) -> Option<Shortfall> {
     None
 }
 
+/// One flow in `GET /api/status` (and `breakwater status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowView {
+    /// `flow.name`.
+    pub name: String,
+    /// Short of mail now (what `breakwater_flow_silent` says).
+    pub silent: bool,
+    /// Inside its `active` windows now (always, without any).
+    pub active: bool,
+    /// The newest matching message, RFC 3339; `None`: never.
+    pub last_seen: Option<String>,
+    /// Seconds since then.
+    pub last_seen_age_seconds: Option<u64>,
+    /// Matching messages ever seen.
+    pub messages: u64,
+    /// `max_silence` in seconds.
+    pub max_silence_seconds: u64,
+}
+
+fn rfc3339(ms: u64) -> String {
+    instant(ms).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
 /// What an evaluation found for one flow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -610,6 +633,26 @@ impl Flows {
     /// Marks the states as not yet journaled (a write failed).
     pub fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// What `breakwater status` shows of each flow at `now`.
+    pub fn views(&self, now: u64) -> Vec<FlowView> {
+        let watched = self.watched.read().expect("flows lock").clone();
+        watched
+            .iter()
+            .map(|w| {
+                let state = w.state.lock().expect("flow state");
+                FlowView {
+                    name: w.rule.name.clone(),
+                    silent: verdict(&w.rule, &state, now).is_some(),
+                    active: w.rule.is_active(now),
+                    last_seen: state.last_seen_ms.map(rfc3339),
+                    last_seen_age_seconds: state.last_seen_ms.map(|l| now.saturating_sub(l) / 1000),
+                    messages: state.count,
+                    max_silence_seconds: w.rule.max_silence_ms / 1000,
+                }
+            })
+            .collect()
     }
 
     /// True if some flow matches on a header.
