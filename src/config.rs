@@ -704,7 +704,8 @@ pub struct Alert {
     /// Who gets alert mail (none: no alert mail).
     #[serde(default)]
     pub to: Vec<String>,
-    /// Envelope and `From:` address of alert mail (default `breakwater@HOSTNAME`).
+    /// Envelope and `From:` address of alert mail (default: the null sender
+    /// `<>` with `From: MAILER-DAEMON@HOSTNAME`, as Postfix sends its notices).
     #[serde(default)]
     pub from: Option<String>,
     /// Smart host for alert mail (`host:port`); unset: the recipients' MX.

@@ -478,3 +478,51 @@ async fn config_errors_name_their_keys() {
         .to_string();
     assert!(err.contains("auth"), "{err}");
 }
+
+/// A DMARC "fail" built on an SPF check the DNS could not answer (SERVFAIL)
+/// is no fail: never a 550 for it, even with dmarc_reject and p=reject.
+#[tokio::test]
+async fn a_dns_error_never_turns_into_a_dmarc_reject() {
+    // SPF fails, and the DKIM key of the aligned signature cannot be fetched
+    // (SERVFAIL): the signature might have passed, so DMARC is temperror.
+    let mut s = setup_auth(true).await;
+    s.dns.txt("_dmarc.keyless.test", "v=DMARC1; p=reject");
+    s.dns.txt("keyless.test", "v=spf1 -all");
+    s.dns.servfail("sel._domainkey.keyless.test");
+    let pkcs8 = Ed25519Key::generate_pkcs8().expect("ed25519 key");
+    let key = Ed25519Key::from_pkcs8_der(&pkcs8).expect("key");
+    let msg = message("billing@keyless.test", "keyless");
+    let sig = DkimSigner::from_key(key)
+        .domain("keyless.test")
+        .selector("sel")
+        .headers(["From", "To", "Subject", "Message-ID"])
+        .sign(&msg)
+        .expect("sign");
+    let mut signed = sig.to_header().into_bytes();
+    signed.extend_from_slice(&msg);
+    let ar = results_of(&s, "helo-pass.test", "billing@keyless.test", &signed).await;
+    assert!(ar.contains("dkim=temperror"), "{ar}");
+    assert!(
+        ar.ends_with("\tdmarc=temperror header.from=keyless.test\r\n"),
+        "{ar}"
+    );
+
+    s.dns.txt("_dmarc.flaky.test", "v=DMARC1; p=reject");
+    s.dns.servfail("flaky.test");
+    let ar = results_of(
+        &s,
+        "helo-pass.test",
+        "orders@flaky.test",
+        &message("orders@flaky.test", "flaky"),
+    )
+    .await;
+    assert!(
+        ar.contains("spf=temperror smtp.mailfrom=orders@flaky.test"),
+        "{ar}"
+    );
+    assert!(
+        ar.ends_with("\tdmarc=temperror header.from=flaky.test\r\n"),
+        "{ar}"
+    );
+    s.relay.stop().await;
+}

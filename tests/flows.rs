@@ -332,6 +332,22 @@ async fn the_webhook_gets_the_alert_as_json_and_is_retried() {
     assert_eq!(body["status"], "firing");
     assert_eq!(body["relay"], "relay.test");
     assert!(body["summary"].as_str().unwrap().contains("audit"));
+    // The resolution comes after the alert it resolves, once each.
+    send_audit(&relay, "siem@audit.example.com").await;
+    let ok = wait_until_async(WAIT, || posts.lock().unwrap().len() >= 2).await;
+    assert!(ok, "the resolution was posted");
+    send_audit(&relay, "other@elsewhere.example").await; // a few more turns
+    let posts = posts.lock().unwrap().clone();
+    let status: Vec<String> = posts
+        .iter()
+        .map(|p| {
+            serde_json::from_str::<serde_json::Value>(p).unwrap()["status"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(status, ["firing", "resolved"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,10 @@ pub struct Alert {
     pub summary: String,
     /// What it means and what to check, a few lines of plain text.
     pub text: String,
+    /// Set once its webhook post is journaled (a retried alert whose mail
+    /// the journal refused does not post twice).
+    #[serde(skip)]
+    pub webhook_queued: bool,
 }
 
 /// Problems in `[alert]`, each with its key path.
@@ -85,7 +89,7 @@ pub async fn raise(
     journal: &Journal,
     queue: &Queue,
     config: &Config,
-    alert: &Alert,
+    alert: &mut Alert,
     now_ms: u64,
 ) -> Result<(), journal::Error> {
     if alert.firing {
@@ -93,7 +97,12 @@ pub async fn raise(
     } else {
         tracing::info!("alert resolved: {}", alert.summary);
     }
-    if let Some(url) = &config.alert.webhook {
+    if let Some(url) = config
+        .alert
+        .webhook
+        .as_ref()
+        .filter(|_| !alert.webhook_queued)
+    {
         let post = Post {
             url: url.clone(),
             body: serde_json::to_vec(&WebhookBody::of(alert, &config.hostname)).unwrap_or_default(),
@@ -105,10 +114,38 @@ pub async fn raise(
         journal
             .set_document(key, Some(serde_json::to_vec(&post).unwrap_or_default()))
             .await?;
+        alert.webhook_queued = true;
     }
-    if config.alert.to.is_empty() {
-        return Ok(());
+    // Without alert.relay each domain's MX gets its own message (an MX takes
+    // mail for its own domain only).
+    let groups: Vec<Vec<String>> = if config.alert.relay.is_some() {
+        vec![config.alert.to.clone()]
+    } else {
+        let mut by_domain: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for a in &config.alert.to {
+            let domain = a
+                .rsplit_once('@')
+                .map_or("", |(_, d)| d)
+                .to_ascii_lowercase();
+            by_domain.entry(domain).or_default().push(a.clone());
+        }
+        by_domain.into_values().collect()
+    };
+    for to in groups.into_iter().filter(|g| !g.is_empty()) {
+        queue_mail(journal, queue, config, alert, &to, now_ms).await?;
     }
+    Ok(())
+}
+
+/// Journals one alert mail to `to` and hands it to the dispatcher.
+async fn queue_mail(
+    journal: &Journal,
+    queue: &Queue,
+    config: &Config,
+    alert: &Alert,
+    to: &[String],
+    now_ms: u64,
+) -> Result<(), journal::Error> {
     let id = journal.next_id();
     let body = compose(config, alert, id, now_ms);
     let record = Record {
@@ -123,9 +160,7 @@ pub async fn raise(
             tls: None,
             arrived_ms: now_ms,
         },
-        rcpts: config
-            .alert
-            .to
+        rcpts: to
             .iter()
             .map(|a| Recipient {
                 address: a.clone(),
@@ -146,7 +181,7 @@ pub async fn raise(
     tracing::info!(
         "{} alert mail queued to <{}>: {}",
         id,
-        config.alert.to.join(">,<"),
+        to.join(">,<"),
         alert.summary
     );
     queue.enqueued(record);
@@ -364,22 +399,24 @@ impl Webhook {
     }
 }
 
-/// Posts every webhook document that is due at `now`; removes those answered
-/// 2xx (or older than `give_up_ms`), reschedules the others. Returns how many
-/// were delivered.
-pub async fn post_due(journal: &Journal, now_ms: u64, give_up_ms: u64) -> usize {
+/// Posts the webhook documents oldest first, while they are due and answered
+/// 2xx; the first that fails is rescheduled and the rest wait behind it, so
+/// the endpoint sees "resolved" only after the "firing" it resolves. A post
+/// older than `give_up_ms` is dropped. Returns how many were delivered.
+pub async fn post_due(journal: &Journal, clock: crate::delivery::Clock, give_up_ms: u64) -> usize {
     let Ok(docs) = journal.documents(WEBHOOK_PREFIX) else {
         return 0;
     };
     let mut delivered = 0;
     for (key, doc) in docs {
+        let now_ms = clock.now_ms();
         let Ok(mut post) = serde_json::from_slice::<Post>(&doc) else {
             tracing::warn!("journal document {key:?} is not a webhook post; removed");
             let _ = journal.set_document(key, None).await;
             continue;
         };
         if post.next_ms > now_ms {
-            continue;
+            break;
         }
         let result = match Webhook::parse(&post.url) {
             Ok(w) => w.post(&post.body, Duration::from_secs(10)).await,
@@ -411,6 +448,7 @@ pub async fn post_due(journal: &Journal, now_ms: u64, give_up_ms: u64) -> usize 
                 let _ = journal
                     .set_document(key, Some(serde_json::to_vec(&post).unwrap_or_default()))
                     .await;
+                break;
             }
         }
     }
@@ -458,6 +496,7 @@ mod tests {
         )
         .unwrap();
         let a = Alert {
+            webhook_queued: false,
             kind: "flow_silent".into(),
             name: "audit".into(),
             firing: true,

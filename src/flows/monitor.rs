@@ -105,6 +105,7 @@ pub fn spawn(
             queue: None,
             unsent: Vec::new(),
         };
+        tokio::spawn(post_webhooks(m.ctx.clone(), clock, token.clone()));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -117,6 +118,24 @@ pub fn spawn(
         // Last states before the journal closes.
         m.persist().await;
     })
+}
+
+/// Posts the journaled webhook calls, in the order they were raised, apart
+/// from the monitor (a slow endpoint delays only the webhook).
+async fn post_webhooks(ctx: Arc<Context>, clock: Clock, token: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let give_up = ctx.config().delivery.max_queue_lifetime.0.as_millis() as u64;
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = alert::post_due(&ctx.journal, clock, give_up) => {}
+        }
+    }
 }
 
 struct Monitor {
@@ -144,18 +163,17 @@ impl Monitor {
         }
         self.watch_backends(now, &mut alerts);
         self.watch_queue(now, &mut alerts);
-        // Journal the flow states first: an alert raised and then lost in a
-        // crash is worse than the same alert twice.
-        self.persist().await;
-        for a in alerts {
-            let raised = alert::raise(&self.ctx.journal, &self.ctx.queue, &config, &a, now).await;
+        // The alerts are journaled before the states that say they were
+        // raised: a crash in between repeats an alert, never loses one.
+        for mut a in alerts {
+            let raised =
+                alert::raise(&self.ctx.journal, &self.ctx.queue, &config, &mut a, now).await;
             if let Err(e) = raised {
                 tracing::error!("alert not journaled ({e}); trying again: {}", a.summary);
                 self.unsent.push(a);
             }
         }
-        let give_up = config.delivery.max_queue_lifetime.0.as_millis() as u64;
-        alert::post_due(&self.ctx.journal, now, give_up).await;
+        self.persist().await;
     }
 
     async fn persist(&self) {
@@ -228,6 +246,7 @@ impl Monitor {
                     )
                 });
                 Alert {
+                    webhook_queued: false,
                     kind: "flow_silent".into(),
                     name: rule.clone(),
                     firing: true,
@@ -244,6 +263,7 @@ impl Monitor {
                 since_alert_ms,
                 last_seen_ms,
             } => Alert {
+                webhook_queued: false,
                 kind: "flow_silent".into(),
                 name: rule.clone(),
                 firing: false,
@@ -272,6 +292,7 @@ impl Monitor {
             match step(ep, !health.is_up(&b.name), now, after) {
                 Step::Quiet => {}
                 Step::Fire { since_ms } => alerts.push(Alert {
+                    webhook_queued: false,
                     kind: "backend_down".into(),
                     name: b.name.clone(),
                     firing: true,
@@ -283,6 +304,7 @@ impl Monitor {
                     ),
                 }),
                 Step::Resolve { since_ms } => alerts.push(Alert {
+                    webhook_queued: false,
                     kind: "backend_down".into(),
                     name: b.name.clone(),
                     firing: false,
@@ -308,6 +330,7 @@ impl Monitor {
         match step(&mut self.queue, age >= after_s, now, 0) {
             Step::Quiet => {}
             Step::Fire { since_ms } => alerts.push(Alert {
+                webhook_queued: false,
                 kind: "queue_age".into(),
                 name: "queue".into(),
                 firing: true,
@@ -319,6 +342,7 @@ impl Monitor {
                 ),
             }),
             Step::Resolve { since_ms } => alerts.push(Alert {
+                webhook_queued: false,
                 kind: "queue_age".into(),
                 name: "queue".into(),
                 firing: false,

@@ -457,8 +457,11 @@ pub fn strip_ours<'a>(msg: &'a [u8], authserv_id: &str) -> Cow<'a, [u8]> {
         if let Some(colon) = field.iter().position(|&b| b == b':') {
             let name = field[..colon].trim_ascii_end();
             if name.eq_ignore_ascii_case(b"Authentication-Results")
-                && authserv_id_of(&field[colon + 1..])
-                    .is_some_and(|id| id.eq_ignore_ascii_case(authserv_id.as_bytes()))
+                && authserv_id_of(&field[colon + 1..]).is_some_and(|id| {
+                    // Quoted pairs (`"relay\\.test"`) unquoted before comparing.
+                    let plain: Vec<u8> = id.iter().copied().filter(|&b| b != b'\\').collect();
+                    plain.eq_ignore_ascii_case(authserv_id.as_bytes())
+                })
             {
                 drop.push((start, pos));
             }
@@ -476,6 +479,10 @@ pub fn strip_ours<'a>(msg: &'a [u8], authserv_id: &str) -> Cow<'a, [u8]> {
     out.extend_from_slice(&msg[at..]);
     Cow::Owned(out)
 }
+
+/// Most `DKIM-Signature:` fields of a message that are verified; with more,
+/// DKIM is not checked (`dkim=permerror`).
+const MAX_DKIM_SIGNATURES: usize = 10;
 
 /// The authserv-id at the start of an `Authentication-Results:` value:
 /// after white space and comments, up to `;`, white space or a comment.
@@ -495,6 +502,14 @@ fn authserv_id_of(v: &[u8]) -> Option<&[u8]> {
     }
     let start = i.min(v.len());
     let rest = &v[start..];
+    if rest.first() == Some(&b'"') {
+        // RFC 8601 allows a quoted-string; compare what it says, not its quotes
+        // (`"relay.test"` is ours too).
+        let close = rest[1..].iter().position(|&b| b == b'"')?;
+        let id = &rest[1..1 + close];
+        let id = id.strip_suffix(b".").unwrap_or(id);
+        return (!id.is_empty()).then_some(id);
+    }
     let end = rest
         .iter()
         .position(|&b| matches!(b, b';' | b' ' | b'\t' | b'\r' | b'\n' | b'('))
@@ -766,8 +781,14 @@ pub async fn verify(
         auth.verify_spf(SpfParameters::verify_ehlo(sender.ip, helo, sender.hostname))
             .await
     };
+    // Each signature costs hashing and a lookup: a message with more than
+    // MAX_DKIM_SIGNATURES is not checked at all (a CPU bomb otherwise).
+    let too_many = parsed
+        .as_ref()
+        .is_some_and(|m| m.dkim_headers.len() > MAX_DKIM_SIGNATURES);
     let dkim = async {
         match &parsed {
+            Some(_) if too_many => Vec::new(),
             Some(m) => auth.verify_dkim(m).await,
             None => Vec::new(),
         }
@@ -809,6 +830,16 @@ pub async fn verify(
             Vec::new(),
         ),
     };
+    let dkim_verdicts = if too_many {
+        vec![DkimVerdict {
+            result: Verdict::PermError,
+            domain: String::new(),
+            selector: String::new(),
+            b: String::new(),
+        }]
+    } else {
+        dkim_verdicts
+    };
     let from_domain = parsed
         .as_ref()
         .and_then(|m| m.from.first())
@@ -822,8 +853,13 @@ pub async fn verify(
                 Err(_) => (Verdict::TempError, false),
                 Ok(out) => {
                     let v = dmarc_verdict(&out.result());
-                    if late && v != Verdict::Pass {
-                        // An unfinished SPF or DKIM check might have passed.
+                    // An unfinished SPF or DKIM check, or one the DNS could
+                    // not answer (SERVFAIL), might have passed: a DMARC fail
+                    // built on it is not a fail, and never worth a 550.
+                    let uncertain = late
+                        || spf_verdict(spf_mf.result()) == Verdict::TempError
+                        || dkim_verdicts.iter().any(|d| d.result == Verdict::TempError);
+                    if uncertain && v != Verdict::Pass {
                         (Verdict::TempError, false)
                     } else {
                         (v, v == Verdict::Fail && out.policy() == Policy::Reject)
@@ -942,6 +978,26 @@ mod tests {
         assert_eq!(&*strip_ours(msg, "relay.test"), &msg[..]);
         let msg = b"Authentication-Results-X: relay.test; spf=pass\r\n\r\n";
         assert_eq!(&*strip_ours(msg, "relay.test"), &msg[..]);
+    }
+
+    #[test]
+    fn strips_a_quoted_authserv_id_of_ours() {
+        for forged in [
+            &b"Authentication-Results: \"relay.test\"; dkim=pass\r\nSubject: x\r\n\r\nb"[..],
+            b"Authentication-Results: (c) \"RELAY.TEST.\"; dkim=pass\r\nSubject: x\r\n\r\nb",
+            b"Authentication-Results: \"relay\\.test\"; dkim=pass\r\nSubject: x\r\n\r\nb",
+        ] {
+            assert_eq!(
+                &*strip_ours(forged, "relay.test"),
+                &b"Subject: x\r\n\r\nb"[..],
+                "{:?}",
+                String::from_utf8_lossy(forged)
+            );
+        }
+        let other = b"Authentication-Results: \"other.test\"; dkim=pass\r\n\r\n";
+        assert_eq!(&*strip_ours(other, "relay.test"), &other[..]);
+        let open = b"Authentication-Results: \"relay.test; dkim=pass\r\n\r\n";
+        let _ = strip_ours(open, "relay.test"); // unterminated: no panic
     }
 
     #[test]

@@ -25,6 +25,7 @@ struct Zone {
     aaaa: HashMap<String, Vec<Ipv6Addr>>,
     mx: HashMap<String, Vec<(u16, String)>>,
     silent: HashSet<String>,
+    servfail: HashSet<String>,
 }
 
 fn key(name: &str) -> String {
@@ -104,6 +105,13 @@ impl Dns {
         self
     }
 
+    /// Queries for `name` (any type) get SERVFAIL (a broken authoritative
+    /// server: a temporary error, not an answer).
+    pub fn servfail(&self, name: &str) -> &Self {
+        self.zone.lock().unwrap().servfail.insert(key(name));
+        self
+    }
+
     /// Queries received so far (answered or not).
     pub fn queries(&self) -> usize {
         self.queries.load(Ordering::SeqCst)
@@ -140,6 +148,11 @@ fn answer(zone: &Mutex<Zone>, q: &[u8]) -> Option<Vec<u8>> {
     let z = zone.lock().unwrap();
     if z.silent.contains(&k) {
         return None;
+    }
+    if z.servfail.contains(&k) {
+        resp.add_query(query);
+        resp.metadata.response_code = ResponseCode::ServFail;
+        return resp.to_vec().ok();
     }
     let known = z.txt.contains_key(&k)
         || z.a.contains_key(&k)
