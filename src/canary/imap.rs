@@ -26,6 +26,8 @@ const MAX_LITERAL: usize = 1024 * 1024;
 const MAX_RESPONSE_LINE: usize = 4 * 1024 * 1024;
 /// Most untagged lines before a tagged answer.
 const MAX_UNTAGGED: usize = 100_000;
+/// Most bytes of untagged lines kept for one command's answer.
+const MAX_ANSWER: usize = 8 * 1024 * 1024;
 /// Most UIDs taken from SEARCH answers.
 const MAX_UIDS: usize = 10_000;
 
@@ -254,8 +256,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         out.extend_from_slice(b"\r\n");
         self.write(&out).await?;
         let mut untagged = Vec::new();
+        let mut kept = 0usize;
         for _ in 0..MAX_UNTAGGED {
             let line = self.read_line().await?;
+            kept += line.len();
+            if kept > MAX_ANSWER {
+                return Err(Error::Protocol(format!(
+                    "an answer of more than {MAX_ANSWER} bytes"
+                )));
+            }
             if let Some(rest) = line
                 .strip_prefix(tag.as_bytes())
                 .and_then(|r| r.strip_prefix(b" "))

@@ -542,7 +542,14 @@ async fn check_mailbox(
     // Bounded in time (the deadline) and count (a poll every `every` at least).
     let max_polls = (interval.as_millis() / every.as_millis().max(1)) as usize + 2;
     for _ in 0..max_polls {
-        match imap::find_and_delete(cfg, &a.token).await {
+        // One deadline over the whole session too: a server that drips a
+        // byte every few seconds does not keep the check alive.
+        let session = tokio::time::timeout_at(deadline, imap::find_and_delete(cfg, &a.token));
+        let Ok(found) = session.await else {
+            last_error = "no answer within canary.interval".into();
+            break;
+        };
+        match found {
             Ok(true) => {
                 let now_ms = ctx.queue.gate().now().timestamp_millis().max(0) as u64;
                 let took = now_ms.saturating_sub(a.created_ms) as f64 / 1000.0;
