@@ -193,6 +193,58 @@ async fn an_alert_raised_before_a_restart_is_not_sent_again() {
     );
 }
 
+/// The backend is down, the journal is full (`journal.max_bytes`) and every
+/// client gets `452`, so the audit flow goes silent: that alert is exactly
+/// the one that must get out, so `journal.max_bytes` does not refuse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_journal_still_lets_the_silence_alert_out() {
+    let sink = Backend::start().await;
+    let dead_backend = loopback(free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text(tmp.path(), &[dead_backend], &extra(sink.addr(), "")).replacen(
+        "[journal]\n",
+        "[journal]\nmax_bytes = 20000\n",
+        1,
+    );
+    let (clock, time) = Clock::controlled();
+    let relay = start(tmp.path(), &text, clock).await;
+
+    let mut c = Client::connect(relay.smtp).await;
+    c.ehlo("client.test").await;
+    let mut body = b"Subject: filler\r\n\r\n".to_vec();
+    body.extend(b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd\r\n".repeat(64));
+    // 4 KiB messages until one is refused, then tiny ones: the room left
+    // is smaller than an alert mail.
+    let tiny = b"Subject: tiny\r\n\r\nx\r\n".to_vec();
+    for m in [&body, &tiny] {
+        let mut full = false;
+        for _ in 0..200 {
+            let reply = c.send_message("s@client.test", &["a@example.com"], m).await;
+            if reply.code != 250 {
+                assert!(reply.matches("452 4.3.1"), "{reply}");
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "the journal of 20000 bytes never filled up");
+    }
+    c.quit().await;
+
+    time.advance(Duration::from_secs(2 * 3600 + 1));
+    assert!(wait_metric(&relay, SILENT, 1.0, WAIT).await);
+    let got = sink.wait_for(1, WAIT).await;
+    assert_eq!(got.len(), 1, "the alert got out of a full journal");
+    assert_eq!(alert_header(&got[0]), "flow_silent audit firing");
+    // Clients still get 452: the alert's room is not theirs.
+    let mut c = Client::connect(relay.smtp).await;
+    c.ehlo("client.test").await;
+    let reply = c
+        .send_message("s@client.test", &["a@example.com"], &body)
+        .await;
+    assert!(reply.matches("452 4.3.1"), "{reply}");
+    c.quit().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_business_hours_flow_stays_quiet_out_of_hours() {
     let sink = Backend::start().await;

@@ -32,6 +32,10 @@ pub struct Alert {
     /// the journal refused does not post twice).
     #[serde(skip)]
     pub webhook_queued: bool,
+    /// How many of its mails (one per recipient domain without
+    /// `alert.relay`) are journaled: a retry sends only the rest.
+    #[serde(skip)]
+    pub mails_queued: usize,
 }
 
 /// Problems in `[alert]`, each with its key path.
@@ -131,8 +135,10 @@ pub async fn raise(
         }
         by_domain.into_values().collect()
     };
-    for to in groups.into_iter().filter(|g| !g.is_empty()) {
-        queue_mail(journal, queue, config, alert, &to, now_ms).await?;
+    let groups: Vec<Vec<String>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
+    for to in groups.iter().skip(alert.mails_queued) {
+        queue_mail(journal, queue, config, alert, to, now_ms).await?;
+        alert.mails_queued += 1;
     }
     Ok(())
 }
@@ -177,7 +183,7 @@ async fn queue_mail(
         delay_warned: false,
         history: Vec::new(),
     };
-    journal.enqueue(&record, body).await?;
+    journal.enqueue_beyond_limit(&record, body).await?;
     tracing::info!(
         "{} alert mail queued to <{}>: {}",
         id,
@@ -497,6 +503,7 @@ mod tests {
         .unwrap();
         let a = Alert {
             webhook_queued: false,
+            mails_queued: 0,
             kind: "flow_silent".into(),
             name: "audit".into(),
             firing: true,

@@ -104,6 +104,7 @@ pub fn spawn(
             backends: HashMap::new(),
             queue: None,
             unsent: Vec::new(),
+            refused: Vec::new(),
         };
         tokio::spawn(post_webhooks(m.ctx.clone(), clock, token.clone()));
         let mut tick = tokio::time::interval(TICK);
@@ -147,6 +148,8 @@ struct Monitor {
     queue: Option<Episode>,
     /// Alerts the journal refused; raised again next turn.
     unsent: Vec<Alert>,
+    /// Summaries of the refused alerts already logged.
+    refused: Vec<String>,
 }
 
 impl Monitor {
@@ -166,17 +169,29 @@ impl Monitor {
         // The alerts are journaled before the states that say they were
         // raised: a crash in between repeats an alert, never loses one.
         for mut a in alerts {
+            let logged = self.refused.contains(&a.summary);
             let raised =
                 alert::raise(&self.ctx.journal, &self.ctx.queue, &config, &mut a, now).await;
             if let Err(e) = raised {
-                tracing::error!("alert not journaled ({e}); trying again: {}", a.summary);
+                // Said once per alert, not every turn it is retried.
+                if !logged {
+                    tracing::error!("alert not journaled ({e}); trying again: {}", a.summary);
+                    self.refused.push(a.summary.clone());
+                }
                 self.unsent.push(a);
+            } else {
+                self.refused.retain(|s| s != &a.summary);
             }
         }
         self.persist().await;
     }
 
+    /// Journals the flows' states, unless an alert they record as raised is
+    /// not journaled yet: a restart then raises it again instead of losing it.
     async fn persist(&self) {
+        if !self.unsent.is_empty() {
+            return;
+        }
         let Some(states) = self.flows.take_dirty() else {
             return;
         };
@@ -247,6 +262,7 @@ impl Monitor {
                 });
                 Alert {
                     webhook_queued: false,
+                    mails_queued: 0,
                     kind: "flow_silent".into(),
                     name: rule.clone(),
                     firing: true,
@@ -264,6 +280,7 @@ impl Monitor {
                 last_seen_ms,
             } => Alert {
                 webhook_queued: false,
+                mails_queued: 0,
                 kind: "flow_silent".into(),
                 name: rule.clone(),
                 firing: false,
@@ -293,6 +310,7 @@ impl Monitor {
                 Step::Quiet => {}
                 Step::Fire { since_ms } => alerts.push(Alert {
                     webhook_queued: false,
+                    mails_queued: 0,
                     kind: "backend_down".into(),
                     name: b.name.clone(),
                     firing: true,
@@ -305,6 +323,7 @@ impl Monitor {
                 }),
                 Step::Resolve { since_ms } => alerts.push(Alert {
                     webhook_queued: false,
+                    mails_queued: 0,
                     kind: "backend_down".into(),
                     name: b.name.clone(),
                     firing: false,
@@ -331,6 +350,7 @@ impl Monitor {
             Step::Quiet => {}
             Step::Fire { since_ms } => alerts.push(Alert {
                 webhook_queued: false,
+                mails_queued: 0,
                 kind: "queue_age".into(),
                 name: "queue".into(),
                 firing: true,
@@ -343,6 +363,7 @@ impl Monitor {
             }),
             Step::Resolve { since_ms } => alerts.push(Alert {
                 webhook_queued: false,
+                mails_queued: 0,
                 kind: "queue_age".into(),
                 name: "queue".into(),
                 firing: false,
