@@ -310,6 +310,25 @@ impl State {
         }
     }
 
+    /// Brings times later than `now` back to `now` (the system clock was set
+    /// back): a silence then counts from the jump, not from a last-seen time
+    /// that `now` will only reach hours later. True if anything changed.
+    pub fn clamp(&mut self, now: u64) -> bool {
+        let mut changed = false;
+        let mut back = |t: &mut u64| {
+            if *t > now {
+                *t = now;
+                changed = true;
+            }
+        };
+        back(&mut self.since_ms);
+        if let Some(t) = self.last_seen_ms.as_mut() {
+            back(t);
+        }
+        self.recent.iter_mut().for_each(&mut back);
+        changed
+    }
+
     /// A matching message at `now`.
     pub fn saw(&mut self, rule: &Rule, now: u64) {
         self.count += 1;
@@ -573,6 +592,19 @@ impl Flows {
         let mut changes = Vec::new();
         for w in watched.iter() {
             let mut state = w.state.lock().expect("flow state");
+            if state.clamp(now) {
+                tracing::warn!(
+                    "flow {}: times after now in its state; the system clock went back? silence counts from now",
+                    w.rule.name
+                );
+                if let Some(t) = state.last_seen_ms {
+                    self.metrics
+                        .last_seen
+                        .with_label_values(&[&w.rule.name])
+                        .set(t as f64 / 1000.0);
+                }
+                self.dirty.store(true, Ordering::Relaxed);
+            }
             let why = verdict(&w.rule, &state, now);
             match (why, state.alerted_ms) {
                 (Some(why), None) => {

@@ -315,3 +315,22 @@ fn removed_flows_lose_their_labels() {
     flows.reconfigure(&with(&["two"]), 0);
     assert_eq!(labels(&registry), ["two"]);
 }
+
+#[test]
+fn a_clock_set_back_does_not_postpone_a_silence() {
+    let config = Config::parse(
+        "hostname = \"relay.test\"\n[relay]\ndomains=[\"example.com\"]\n[[backend]]\nname=\"b\"\naddress=\"127.0.0.1:1\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@audit.example.com\"\nmax_silence = \"2h\"\n",
+    )
+    .unwrap();
+    let (clock, handle) = crate::delivery::Clock::controlled();
+    let flows = Flows::new(&config, &[], &Registry::new(), clock);
+    let t0 = clock.now_ms();
+    // A message while the clock ran 5 h fast; then the clock is corrected.
+    handle.advance(Duration::from_millis(5 * H));
+    flows.observe("x@audit.example.com", &["a@example.com"], b"");
+    assert!(flows.evaluate(t0).is_empty());
+    assert!(flows.take_dirty().is_some(), "the corrected state is saved");
+    // Silence counts from the correction: 2 h later, not 7.
+    let changes = flows.evaluate(t0 + 2 * H + 1);
+    assert!(matches!(&changes[..], [Change::WentSilent { rule, .. }] if rule == "audit"));
+}
