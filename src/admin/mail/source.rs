@@ -60,6 +60,13 @@ pub fn summary(e: &Entry) -> MailSummary {
     s
 }
 
+/// A canary (`[canary]`) is the relay's own test message, not mail anyone
+/// reads: `/mail` neither lists nor shows it, as `queue list` hides it
+/// without `--canaries`.
+fn is_canary(e: &Entry) -> bool {
+    e.jobs.iter().any(|j| j.purpose.is_canary())
+}
+
 /// The summary of a job.
 pub fn record_summary(r: &Record) -> MailSummary {
     let any = |f: fn(&RcptState) -> bool| r.rcpts.iter().any(|x| f(&x.state));
@@ -94,11 +101,23 @@ impl MailSource for JournalSource {
             .0
             .page_newest(before, scan)
             .map_err(|e| e.to_string())?;
-        Ok((entries.iter().map(summary).collect(), next))
+        Ok((
+            entries
+                .iter()
+                .filter(|e| !is_canary(e))
+                .map(summary)
+                .collect(),
+            next,
+        ))
     }
 
     fn message(&self, id: QueueId) -> Result<Option<(MailSummary, Vec<u8>)>, String> {
-        let Some(entry) = self.0.entry(id).map_err(|e| e.to_string())? else {
+        let Some(entry) = self
+            .0
+            .entry(id)
+            .map_err(|e| e.to_string())?
+            .filter(|e| !is_canary(e))
+        else {
             return Ok(None);
         };
         let body = self.0.body(id).map_err(|e| e.to_string())?;

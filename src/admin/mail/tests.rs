@@ -281,7 +281,15 @@ async fn the_journal_source_pages_newest_first() {
         let r = Record {
             id,
             message: id,
-            purpose: crate::journal::Purpose::Primary,
+            purpose: if i == 1 {
+                crate::journal::Purpose::Canary {
+                    backend: "b".into(),
+                    token: "t".into(),
+                    during_quiet_time: false,
+                }
+            } else {
+                crate::journal::Purpose::Primary
+            },
             envelope: Envelope {
                 mail_from: "s@client.test".into(),
                 params: MailParams::default(),
@@ -322,9 +330,15 @@ async fn the_journal_source_pages_newest_first() {
     let (page, next) = src.newest(next, 10).unwrap();
     assert_eq!(
         page.iter().map(|s| s.id).collect::<Vec<_>>(),
-        [want[2].0, want[1].0, want[0].0]
+        [want[2].0, want[0].0],
+        "no canary (message 1)"
     );
     assert_eq!(next, None);
+    assert_eq!(
+        src.message(want[1].0).unwrap(),
+        None,
+        "a canary is not shown"
+    );
     let (s, bytes) = src.message(want[4].0).unwrap().unwrap();
     assert_eq!(bytes, want[4].1.as_bytes());
     assert_eq!(s.recipients, ["r4@example.com"]);
