@@ -435,6 +435,48 @@ fn value(s: &str) -> Cow<'_, str> {
 /// whose authserv-id is `authserv_id` (RFC 8601 section 5: ours, so forged);
 /// others stay, and every other byte too.
 pub fn strip_ours<'a>(msg: &'a [u8], authserv_id: &str) -> Cow<'a, [u8]> {
+    let drop = forged_fields(msg, authserv_id);
+    if drop.is_empty() {
+        return Cow::Borrowed(msg);
+    }
+    let mut out = Vec::with_capacity(msg.len());
+    let mut at = 0;
+    for (s, e) in drop {
+        out.extend_from_slice(&msg[at..s]);
+        at = e;
+    }
+    out.extend_from_slice(&msg[at..]);
+    Cow::Owned(out)
+}
+
+/// [`strip_ours`] on `buf[from..]`, in place: no second copy of the message
+/// (which `auth.max_memory` would not count), one pass however many fields
+/// go. True if any did.
+pub fn strip_ours_in_place(buf: &mut Vec<u8>, from: usize, authserv_id: &str) -> bool {
+    let Some(msg) = buf.get(from..) else {
+        return false;
+    };
+    let drop = forged_fields(msg, authserv_id);
+    if drop.is_empty() {
+        return false;
+    }
+    let mut write = from;
+    let mut at = from;
+    for (s, e) in drop {
+        let (s, e) = (from + s, from + e);
+        buf.copy_within(at..s, write);
+        write += s - at;
+        at = e;
+    }
+    let end = buf.len();
+    buf.copy_within(at..end, write);
+    write += end - at;
+    buf.truncate(write);
+    true
+}
+
+/// The byte ranges of the forged fields [`strip_ours`] removes, in order.
+fn forged_fields(msg: &[u8], authserv_id: &str) -> Vec<(usize, usize)> {
     let mut drop: Vec<(usize, usize)> = Vec::new();
     let mut pos = 0;
     while pos < msg.len() {
@@ -467,17 +509,7 @@ pub fn strip_ours<'a>(msg: &'a [u8], authserv_id: &str) -> Cow<'a, [u8]> {
             }
         }
     }
-    if drop.is_empty() {
-        return Cow::Borrowed(msg);
-    }
-    let mut out = Vec::with_capacity(msg.len());
-    let mut at = 0;
-    for (s, e) in drop {
-        out.extend_from_slice(&msg[at..s]);
-        at = e;
-    }
-    out.extend_from_slice(&msg[at..]);
-    Cow::Owned(out)
+    drop
 }
 
 /// Most `DKIM-Signature:` fields of a message that are verified; with more,
@@ -652,11 +684,8 @@ pub async fn apply(
     }
     let header = header(&cfg.hostname, r);
     let buf = spool.buf();
-    let client = strip_ours(&buf[header_len..], &cfg.hostname);
-    if let Cow::Owned(stripped) = client {
+    if strip_ours_in_place(buf, header_len, &cfg.hostname) {
         tracing::info!(%id, "removed Authentication-Results headers claiming to be ours");
-        buf.truncate(header_len);
-        buf.extend_from_slice(&stripped);
     }
     buf.splice(0..0, header);
     Ok(())
@@ -1008,6 +1037,31 @@ mod tests {
         assert_eq!(&*strip_ours(msg, "relay.test"), &b"Subject: x\r\n"[..]);
         let msg = b"Subject: x\r\nAuthentication-Results: relay.test;\r\n\r\nb";
         assert_eq!(&*strip_ours(msg, "relay.test"), &b"Subject: x\r\n\r\nb"[..]);
+    }
+
+    #[test]
+    fn stripping_in_place_matches_the_copy_and_keeps_our_prefix() {
+        let many = "Authentication-Results: relay.test; x\r\nX: y\r\n".repeat(500) + "\r\nbody\r\n";
+        for msg in [
+            &b"Authentication-Results: relay.test; spf=pass\r\nAuthentication-Results: other.test; a\r\nSubject: s\r\n\r\nb\r\n"[..],
+            b"Subject: s\r\nAuthentication-Results:\r\n relay.test; folded\r\n\r\n",
+            b"Authentication-Results: relay.test",
+            b"Subject: none of ours\r\n\r\nAuthentication-Results: relay.test; body\r\n",
+            b"",
+            many.as_bytes(),
+        ] {
+            let prefix = b"Received: from us\r\n";
+            let mut buf = prefix.to_vec();
+            buf.extend_from_slice(msg);
+            let copy = strip_ours(msg, "relay.test");
+            let changed = strip_ours_in_place(&mut buf, prefix.len(), "relay.test");
+            assert_eq!(changed, matches!(copy, Cow::Owned(_)));
+            assert_eq!(&buf[..prefix.len()], prefix);
+            assert_eq!(&buf[prefix.len()..], &*copy, "{}", String::from_utf8_lossy(msg));
+        }
+        let mut short = b"abc".to_vec();
+        assert!(!strip_ours_in_place(&mut short, 10, "relay.test"));
+        assert_eq!(short, b"abc");
     }
 
     #[test]
