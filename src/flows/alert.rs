@@ -28,14 +28,21 @@ pub struct Alert {
     pub summary: String,
     /// What it means and what to check, a few lines of plain text.
     pub text: String,
-    /// Set once its webhook post is journaled (a retried alert whose mail
-    /// the journal refused does not post twice).
+    /// What of it is journaled so far (a retry does the rest).
     #[serde(skip)]
-    pub webhook_queued: bool,
+    pub sent: Sent,
+}
+
+/// How far raising an [`Alert`] got, for retries after the journal refused it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sent {
+    /// Its webhook post is journaled (a retried alert does not post twice).
+    pub webhook: bool,
     /// How many of its mails (one per recipient domain without
     /// `alert.relay`) are journaled: a retry sends only the rest.
-    #[serde(skip)]
-    pub mails_queued: usize,
+    pub mails: usize,
+    /// The journal refused it once already (that was logged).
+    pub refused: bool,
 }
 
 /// Problems in `[alert]`, each with its key path.
@@ -105,7 +112,7 @@ pub async fn raise(
         .alert
         .webhook
         .as_ref()
-        .filter(|_| !alert.webhook_queued)
+        .filter(|_| !alert.sent.webhook)
     {
         let post = Post {
             url: url.clone(),
@@ -118,7 +125,7 @@ pub async fn raise(
         journal
             .set_document(key, Some(serde_json::to_vec(&post).unwrap_or_default()))
             .await?;
-        alert.webhook_queued = true;
+        alert.sent.webhook = true;
     }
     // Without alert.relay each domain's MX gets its own message (an MX takes
     // mail for its own domain only).
@@ -136,9 +143,9 @@ pub async fn raise(
         by_domain.into_values().collect()
     };
     let groups: Vec<Vec<String>> = groups.into_iter().filter(|g| !g.is_empty()).collect();
-    for to in groups.iter().skip(alert.mails_queued) {
+    for to in groups.iter().skip(alert.sent.mails) {
         queue_mail(journal, queue, config, alert, to, now_ms).await?;
-        alert.mails_queued += 1;
+        alert.sent.mails += 1;
     }
     Ok(())
 }
@@ -502,8 +509,7 @@ mod tests {
         )
         .unwrap();
         let a = Alert {
-            webhook_queued: false,
-            mails_queued: 0,
+            sent: Sent::default(),
             kind: "flow_silent".into(),
             name: "audit".into(),
             firing: true,

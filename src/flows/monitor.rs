@@ -3,7 +3,7 @@
 //! message (`alert.queue_age`), raises and resolves alerts, journals the
 //! flows' states when they changed, and posts due webhooks.
 
-use super::alert::{self, Alert};
+use super::alert::{self, Alert, Sent};
 use super::{Change, Flows, Shortfall, State};
 use crate::config::Config;
 use crate::delivery::Clock;
@@ -104,7 +104,6 @@ pub fn spawn(
             backends: HashMap::new(),
             queue: None,
             unsent: Vec::new(),
-            refused: Vec::new(),
         };
         tokio::spawn(post_webhooks(m.ctx.clone(), clock, token.clone()));
         let mut tick = tokio::time::interval(TICK);
@@ -148,8 +147,6 @@ struct Monitor {
     queue: Option<Episode>,
     /// Alerts the journal refused; raised again next turn.
     unsent: Vec<Alert>,
-    /// Summaries of the refused alerts already logged.
-    refused: Vec<String>,
 }
 
 impl Monitor {
@@ -169,18 +166,15 @@ impl Monitor {
         // The alerts are journaled before the states that say they were
         // raised: a crash in between repeats an alert, never loses one.
         for mut a in alerts {
-            let logged = self.refused.contains(&a.summary);
             let raised =
                 alert::raise(&self.ctx.journal, &self.ctx.queue, &config, &mut a, now).await;
             if let Err(e) = raised {
                 // Said once per alert, not every turn it is retried.
-                if !logged {
+                if !a.sent.refused {
                     tracing::error!("alert not journaled ({e}); trying again: {}", a.summary);
-                    self.refused.push(a.summary.clone());
+                    a.sent.refused = true;
                 }
                 self.unsent.push(a);
-            } else {
-                self.refused.retain(|s| s != &a.summary);
             }
         }
         self.persist().await;
@@ -261,8 +255,7 @@ impl Monitor {
                     )
                 });
                 Alert {
-                    webhook_queued: false,
-                    mails_queued: 0,
+                    sent: Sent::default(),
                     kind: "flow_silent".into(),
                     name: rule.clone(),
                     firing: true,
@@ -279,8 +272,7 @@ impl Monitor {
                 since_alert_ms,
                 last_seen_ms,
             } => Alert {
-                webhook_queued: false,
-                mails_queued: 0,
+                sent: Sent::default(),
                 kind: "flow_silent".into(),
                 name: rule.clone(),
                 firing: false,
@@ -309,8 +301,7 @@ impl Monitor {
             match step(ep, !health.is_up(&b.name), now, after) {
                 Step::Quiet => {}
                 Step::Fire { since_ms } => alerts.push(Alert {
-                    webhook_queued: false,
-                    mails_queued: 0,
+                    sent: Sent::default(),
                     kind: "backend_down".into(),
                     name: b.name.clone(),
                     firing: true,
@@ -322,8 +313,7 @@ impl Monitor {
                     ),
                 }),
                 Step::Resolve { since_ms } => alerts.push(Alert {
-                    webhook_queued: false,
-                    mails_queued: 0,
+                    sent: Sent::default(),
                     kind: "backend_down".into(),
                     name: b.name.clone(),
                     firing: false,
@@ -349,8 +339,7 @@ impl Monitor {
         match step(&mut self.queue, age >= after_s, now, 0) {
             Step::Quiet => {}
             Step::Fire { since_ms } => alerts.push(Alert {
-                webhook_queued: false,
-                mails_queued: 0,
+                sent: Sent::default(),
                 kind: "queue_age".into(),
                 name: "queue".into(),
                 firing: true,
@@ -362,8 +351,7 @@ impl Monitor {
                 ),
             }),
             Step::Resolve { since_ms } => alerts.push(Alert {
-                webhook_queued: false,
-                mails_queued: 0,
+                sent: Sent::default(),
                 kind: "queue_age".into(),
                 name: "queue".into(),
                 firing: false,

@@ -30,6 +30,14 @@ fn problems(extra: &str) -> Vec<String> {
     }
 }
 
+/// A config with one flow: `audit`, from `*@audit.example.com`, 2 h of silence.
+fn audit_config() -> Config {
+    Config::parse(
+        "hostname = \"relay.test\"\n[relay]\ndomains=[\"example.com\"]\n[[backend]]\nname=\"b\"\naddress=\"127.0.0.1:1\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@audit.example.com\"\nmax_silence = \"2h\"\n",
+    )
+    .unwrap()
+}
+
 fn berlin(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> u64 {
     chrono_tz::Europe::Berlin
         .with_ymd_and_hms(y, mo, d, h, mi, 0)
@@ -194,10 +202,7 @@ fn fewer_than_min_count_in_the_period() {
 
 #[test]
 fn each_episode_is_reported_once_and_resumption_once() {
-    let config = Config::parse(
-        "hostname = \"relay.test\"\n[relay]\ndomains=[\"example.com\"]\n[[backend]]\nname=\"b\"\naddress=\"127.0.0.1:1\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@audit.example.com\"\nmax_silence = \"2h\"\n",
-    )
-    .unwrap();
+    let config = audit_config();
     let (clock, handle) = crate::delivery::Clock::controlled();
     let registry = Registry::new();
     let flows = Flows::new(&config, &[], &registry, clock);
@@ -225,10 +230,7 @@ fn each_episode_is_reported_once_and_resumption_once() {
 
 #[test]
 fn a_silence_alerted_before_a_restart_is_not_alerted_again() {
-    let config = Config::parse(
-        "hostname = \"relay.test\"\n[relay]\ndomains=[\"example.com\"]\n[[backend]]\nname=\"b\"\naddress=\"127.0.0.1:1\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@audit.example.com\"\nmax_silence = \"2h\"\n",
-    )
-    .unwrap();
+    let config = audit_config();
     let (clock, _) = crate::delivery::Clock::controlled();
     let flows = Flows::new(&config, &[], &Registry::new(), clock);
     let t = clock.now_ms() + 3 * H;
@@ -318,10 +320,7 @@ fn removed_flows_lose_their_labels() {
 
 #[test]
 fn a_clock_set_back_does_not_postpone_a_silence() {
-    let config = Config::parse(
-        "hostname = \"relay.test\"\n[relay]\ndomains=[\"example.com\"]\n[[backend]]\nname=\"b\"\naddress=\"127.0.0.1:1\"\n[[flow]]\nname = \"audit\"\nfrom = \"*@audit.example.com\"\nmax_silence = \"2h\"\n",
-    )
-    .unwrap();
+    let config = audit_config();
     let (clock, handle) = crate::delivery::Clock::controlled();
     let flows = Flows::new(&config, &[], &Registry::new(), clock);
     let t0 = clock.now_ms();

@@ -840,6 +840,11 @@ impl Journal {
         Ok(())
     }
 
+    /// [`Journal::reserve`] without the limit.
+    fn count(&self, size: u64) {
+        self.inner.live_bytes.fetch_add(size, Ordering::Relaxed);
+    }
+
     fn release(&self, size: u64) {
         self.inner.live_bytes.fetch_sub(size, Ordering::Relaxed);
     }
@@ -945,10 +950,7 @@ impl Spool {
         debug_assert!(jobs.iter().all(|j| j.message == self.id));
         let rest = self.buf.len() as u64;
         if self.exempt {
-            self.journal
-                .inner
-                .live_bytes
-                .fetch_add(rest, Ordering::Relaxed);
+            self.journal.count(rest);
         } else {
             self.journal.reserve(rest)?;
         }
