@@ -29,10 +29,13 @@ async fn previous_release_journal_migrates_and_delivers() {
         dir.join("journal.redb"),
     )
     .unwrap();
-    let backend = Backend::start().await;
+    // The backend is down while the migrated states are read: the fixture's
+    // retry times are long past, so a live backend would race the reads
+    // (a delivered message is gone from /api/queue).
+    let backend_addr = loopback(free_port());
     let dsn_server = Backend::start().await;
     let extra = format!("[bounce]\nrelay = \"{}\"\n", dsn_server.addr());
-    let mut relay = Relay::start_in(&dir, &[backend.addr()], &extra).await;
+    let mut relay = Relay::start_in(&dir, &[backend_addr], &extra).await;
 
     // The held message stays held across the upgrade, and shows as one message.
     let (code, body) = relay.http("GET", &format!("/api/queue/{HELD}")).await;
@@ -59,8 +62,9 @@ async fn previous_release_journal_migrates_and_delivers() {
         "{states:?}"
     );
 
-    // Their retry times (an hour after they were deferred) may not have come
-    // yet: a flush makes them due, as `breakwater queue flush` would.
+    // The backend comes up. Retry times after the failed attempts may not
+    // have come yet: a flush makes them due, as `breakwater queue flush` would.
+    let backend = Backend::start_on(backend_addr).await.unwrap();
     let (code, body) = relay.http("POST", "/api/queue/flush").await;
     assert_eq!(code, 200, "{body}");
     let got = backend.wait_for(2, Duration::from_secs(20)).await;
