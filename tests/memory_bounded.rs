@@ -73,8 +73,13 @@ async fn twenty_big_unfinished_messages_stay_small() {
         c.cmd(&format!("RCPT TO:<big{k}@example.com>"), "250").await;
         c.cmd("DATA", "354").await;
         senders.push(tokio::spawn(async move {
+            // Twenty sessions share the relay's reads and journal: one may
+            // wait longer than a single write's usual 10 s; the whole send
+            // is bounded by SEND_LIMIT.
             for piece in message_pieces(k) {
-                c.send_raw(&piece).await;
+                if let Err(e) = c.try_send_raw_within(&piece, SEND_LIMIT).await {
+                    panic!("message {k}: {e}");
+                }
             }
             c
         }));

@@ -195,7 +195,13 @@ impl Client {
 
     /// Writes the bytes as they are.
     pub async fn try_send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        match tokio::time::timeout(IO_TIMEOUT, self.stream.write_all(bytes)).await {
+        self.try_send_raw_within(bytes, IO_TIMEOUT).await
+    }
+
+    /// [`Client::try_send_raw`] allowed `limit` instead of [`IO_TIMEOUT`] (a
+    /// load test whose relay reads many sessions at once, in back-pressure).
+    pub async fn try_send_raw_within(&mut self, bytes: &[u8], limit: Duration) -> io::Result<()> {
+        match tokio::time::timeout(limit, self.stream.write_all(bytes)).await {
             Ok(r) => r,
             Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
         }
